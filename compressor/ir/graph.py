@@ -1,0 +1,391 @@
+"""ModelIR: a teacher or student as a graph of blocks, coupled-dimension groups, weights and lineage (DESIGN §3).
+
+Every operation returns a new IR and keeps it materializable as a stock transformers model of a registered
+family with uniform layers; the input IR is never mutated.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compressor.errors import UserError
+from compressor.ir.families import adapter_for, adapter_named
+from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter, Member, layer_of
+from compressor.ir.weights import WeightStore, checkpoint_files
+
+LINEAGE_FILE = "compressor.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
+    "tokenizer.model", "added_tokens.json", "generation_config.json",
+)
+DEFAULT_CONTEXT = 128  # sequence length at which FLOPs per token are quoted
+
+
+def read_config(path: Path, trust_remote_code: bool = False):
+    """Validate and load `path/config.json`; every failure is a one-line UserError naming the file."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise UserError(f"{path}: not a model directory (expected a folder with config.json)")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise UserError(f"{path}: no config.json in this directory (is it a Hugging Face model folder?)")
+    try:
+        raw = json.loads(config_file.read_text())
+    except ValueError as exc:
+        raise UserError(f"{config_file}: not valid JSON ({exc})") from None
+    model_type = raw.get("model_type") if isinstance(raw, dict) else None
+    if not model_type:
+        raise UserError(f"{config_file}: no model_type key")
+    adapter_for(model_type, str(config_file))
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, TypeError) as exc:
+        raise UserError(f"{config_file}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
+
+
+def parameter_names(adapter: FamilyAdapter, config) -> dict[str, tuple[int, ...]]:
+    """The unique (tied ones once) parameter names and shapes the stock model expects, built on the meta device."""
+    with torch.device("meta"):
+        model = adapter.model_class(config)._from_config(config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelIR:
+    """A model as the compiler sees it. Build with `ModelIR.load`; transform with the operations below."""
+
+    family: str
+    config: Any
+    weights: WeightStore
+    lineage: dict = field(default_factory=dict)
+    source: Path | None = None  # where tokenizer files come from
+    fingerprint: str | None = None  # content hash; None means "compute from the tensors when asked"
+
+    # ---- loading --------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, trust_remote_code: bool = False) -> ModelIR:
+        """Read a Hugging Face model directory (safetensors only) into an IR, validating it first."""
+        path = Path(path)
+        config = read_config(path, trust_remote_code)
+        adapter = adapter_for(config.model_type)
+        files = checkpoint_files(path)
+        store = WeightStore.from_files(files)
+        expected = parameter_names(adapter, config)
+        store = align_names(store, expected, path)
+        lineage: dict = {}
+        lineage_file = path / LINEAGE_FILE
+        if lineage_file.exists():
+            try:
+                lineage = json.loads(lineage_file.read_text()).get("lineage", {})
+            except ValueError:
+                raise UserError(f"{lineage_file}: not valid JSON") from None
+        digest = hashlib.sha256((path / "config.json").read_bytes())
+        for file in files:
+            digest.update(sha256_file(file).encode())
+        return cls(adapter.name, config, store, lineage, path, digest.hexdigest())
+
+    # ---- derived views --------------------------------------------------------------------------
+    @property
+    def adapter(self) -> FamilyAdapter:
+        return adapter_named(self.family)
+
+    @property
+    def task(self) -> str:
+        return self.adapter.task
+
+    @property
+    def num_layers(self) -> int:
+        return self.adapter.num_layers(self.config)
+
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: self.weights.shape(name) for name in self.weights}
+
+    def blocks(self, context: int = DEFAULT_CONTEXT) -> list[Block]:
+        return self.adapter.blocks(self.config, self.shapes, context)
+
+    @cached_property
+    def graph(self):
+        """A networkx DiGraph of blocks in data-flow order; node attributes carry dims, params and FLOPs."""
+        import networkx as nx
+
+        graph = nx.DiGraph()
+        previous = None
+        for block in self.blocks():
+            graph.add_node(
+                block.name, kind=block.kind, params=list(block.params),
+                param_count=sum(numel(self.shapes[n]) for n in block.params),
+                flops_per_token=block.flops_per_token, **dict(block.attrs),
+            )
+            if previous is not None:
+                graph.add_edge(previous, block.name)
+            previous = block.name
+        return graph
+
+    @cached_property
+    def groups(self) -> dict[str, list[Member]]:
+        return self.adapter.groups(self.config, list(self.weights))
+
+    def content_fingerprint(self) -> str:
+        """sha256 over the config and every tensor's bytes: the IR's identity for caching."""
+        if self.fingerprint:
+            return self.fingerprint
+        digest = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
+        for name in sorted(self.weights):
+            tensor = self.weights[name].detach().cpu().contiguous()
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        return digest.hexdigest()
+
+    # ---- operations -----------------------------------------------------------------------------
+    def apply(self, edit: Edit, record: dict | None = None) -> ModelIR:
+        """A new IR with `edit` applied (drops, then renames, then updates), checked against the stock model."""
+        store = self.weights.without(edit.drops).renamed(edit.renames).with_updates(edit.updates)
+        lineage = copy.deepcopy(self.lineage)
+        if record:
+            lineage.setdefault("operations", []).append(record)
+        ir = ModelIR(self.family, edit.config, store, lineage, self.source)
+        ir.check_shapes()
+        return ir
+
+    def with_family(self, family: str, edit: Edit, record: dict | None = None) -> ModelIR:
+        ir = ModelIR(family, self.config, self.weights, self.lineage, self.source)
+        return ir.apply(edit, record)
+
+    def check_shapes(self) -> None:
+        """Every tensor the stock model needs is present with the right shape, and nothing else is."""
+        expected = parameter_names(self.adapter, self.config)
+        missing = sorted(set(expected) - set(self.weights))
+        extra = sorted(set(self.weights) - set(expected))
+        wrong = [n for n in expected if n in self.weights and self.weights.shape(n) != expected[n]]
+        if missing or extra or wrong:
+            detail = (f"missing {missing[:3]}" if missing else "") + (f" extra {extra[:3]}" if extra else "")
+            detail += f" wrong shape {[(n, self.weights.shape(n), expected[n]) for n in wrong[:3]]}" if wrong else ""
+            raise ValueError(f"IR is no longer a stock {self.config.model_type} model:{detail}")
+
+    def drop_layers(self, keep: Sequence[int]) -> ModelIR:
+        """Keep only the layers in `keep` (teacher indices, any order is sorted), renumbered from 0."""
+        keep = sorted(int(i) for i in keep)
+        if not keep:
+            raise UserError("drop_layers: cannot keep zero layers")
+        if len(set(keep)) != len(keep) or keep[0] < 0 or keep[-1] >= self.num_layers:
+            raise UserError(f"drop_layers: layer indices must be distinct and within 0..{self.num_layers - 1}")
+        new_index = {old: new for new, old in enumerate(keep)}
+        renames, drops = {}, []
+        for name in self.weights:
+            match = LAYER_PATTERN.match(name)
+            if not match:
+                continue
+            old = int(match["index"])
+            if old in new_index:
+                renames[name] = f"{match['stem']}{new_index[old]}.{match['rest']}"
+            else:
+                drops.append(name)
+        config = self.adapter.drop_layers_config(self.config, keep)
+        return self.apply(Edit(config, {}, renames, drops), {"op": "drop_layers", "keep": keep})
+
+    def slice_group(self, kind: str, keep: Mapping[int, Sequence[int]] | Sequence[int]) -> ModelIR:
+        """Keep the listed units of one group kind (hidden, heads, ffn, experts); same count on every layer."""
+        edit = self.adapter.slice(self.config, self.weights, kind, keep)
+        record = {"op": "slice_group", "kind": kind, "kept": len(keep) if not isinstance(keep, Mapping)
+                  else len(next(iter(keep.values())))}
+        return self.apply(edit, record)
+
+    def replace_ffn(self, ffns: Mapping[int, Mapping[str, torch.Tensor]]) -> ModelIR:
+        """Replace FFNs by dense SwiGLU FFNs given as {layer: {"gate": [f,d], "up": [f,d], "down": [d,f]}}.
+
+        For an MoE IR the map must cover every layer (a half-dense model is not a stock architecture) and the
+        result is the dense counterpart family (mixtral -> mistral, qwen2_moe -> qwen2, qwen3_moe -> qwen3).
+        For a dense IR any subset of layers may be replaced; a new width must then cover every layer.
+        """
+        from compressor.ir.families.moe import DENSE_COUNTERPART
+
+        widths = {int(f["gate"].shape[0]) for f in ffns.values()}
+        if len(widths) != 1:
+            raise UserError("replace_ffn: every replaced FFN must have the same width")
+        width = widths.pop()
+        for layer, ffn in ffns.items():
+            if not 0 <= layer < self.num_layers:
+                raise UserError(f"replace_ffn: layer {layer} is out of range 0..{self.num_layers - 1}")
+            hidden = self.config.hidden_size
+            if tuple(ffn["gate"].shape) != (width, hidden) or tuple(ffn["up"].shape) != (width, hidden) \
+                    or tuple(ffn["down"].shape) != (hidden, width):
+                raise UserError(f"replace_ffn: layer {layer} tensors must be gate/up [f, {hidden}] and down [{hidden}, f]")
+        stem = next(m["stem"] for n in self.weights if (m := LAYER_PATTERN.match(n)))
+        updates = {
+            f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
+            for layer, ffn in ffns.items() for proj in ("gate", "up", "down")
+        }
+        record = {"op": "replace_ffn", "layers": sorted(ffns), "width": width}
+        if self.family == "moe":
+            if sorted(ffns) != list(range(self.num_layers)):
+                raise UserError("replace_ffn: an MoE model must have every layer's FFN replaced at once")
+            drops = [n for n in self.weights if layer_of(n) is not None and not (".self_attn." in n or "layernorm" in n)]
+            config = dense_config(self.config, DENSE_COUNTERPART[self.config.model_type], width)
+            return self.with_family("llama", Edit(config, updates, {}, drops), record)
+        config = copy.deepcopy(self.config)
+        if width != config.intermediate_size:
+            if sorted(ffns) != list(range(self.num_layers)):
+                raise UserError("replace_ffn: a new FFN width must be applied to every layer (uniform layers)")
+            config.intermediate_size = width
+        return self.apply(Edit(config, updates), record)
+
+    def set_weights(self, tensors: Mapping[str, torch.Tensor]) -> ModelIR:
+        """Overwrite named tensors (same names and shapes)."""
+        unknown = [n for n in tensors if n not in self.weights]
+        if unknown:
+            raise KeyError(f"set_weights: unknown tensors {unknown[:3]}")
+        return self.apply(Edit(self.config, dict(tensors)))
+
+    # ---- materialize / absorb -------------------------------------------------------------------
+    def materialize(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+        """A stock transformers model holding this IR's weights, in eval mode."""
+        from transformers.modeling_utils import no_init_weights
+
+        cls = self.adapter.model_class(self.config)
+        with no_init_weights():
+            model = cls._from_config(self.config)
+        model.tie_weights()
+        missing, unexpected = model.load_state_dict(dict(self.weights.items()), strict=False)
+        tied = set(dict(model.named_parameters(remove_duplicate=False))) - set(dict(model.named_parameters()))
+        really_missing = [k for k in missing if k not in tied and k in dict(model.named_parameters())]
+        if really_missing or unexpected:
+            raise ValueError(f"materialize: missing {really_missing[:3]}, unexpected {unexpected[:3]}")
+        model.tie_weights()
+        model.to(device=device, dtype=dtype) if dtype else model.to(device)
+        return model.eval()
+
+    def absorb(self, model) -> ModelIR:
+        """A new IR with the (trained) weights of `model`, kept in each tensor's original dtype."""
+        params = dict(model.named_parameters())
+        updates = {}
+        for name in self.weights:
+            if name not in params:
+                raise ValueError(f"absorb: the model has no parameter {name!r}")
+            updates[name] = params[name].detach().to("cpu", self.weights[name].dtype).clone()
+        return self.apply(Edit(self.config, updates))
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, out: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write a stock HF checkpoint (safetensors, config, tokenizer) plus compressor.json, atomically."""
+        from huggingface_hub import split_torch_state_dict_into_shards
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            self.config.save_pretrained(tmp)
+            state = {n: t.detach().cpu().contiguous() for n, t in self.weights.items()}
+            split = split_torch_state_dict_into_shards(state, max_shard_size="4GB")
+            for filename, names in split.filename_to_tensors.items():
+                save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
+            if split.is_sharded:
+                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                         "weight_map": split.tensor_to_filename}
+                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+            if self.source:
+                for name in TOKENIZER_FILES:
+                    if (self.source / name).exists():
+                        shutil.copy2(self.source / name, tmp / name)
+            record = {"family": self.family, "summary": self.summary()["totals"], "lineage": self.lineage,
+                      **(extra or {})}
+            (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=2, default=str))
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out
+
+    def summary(self, context: int = DEFAULT_CONTEXT) -> dict:
+        """Params, bytes, FLOPs/token (at `context` tokens) and a per-block table."""
+        rows = []
+        for block in self.blocks(context):
+            params = sum(numel(self.shapes[n]) for n in block.params)
+            size = sum(numel(self.shapes[n]) * self.weights[n].element_size() for n in block.params)
+            rows.append({"block": block.name, "kind": block.kind, "params": params, "bytes": size,
+                         "flops_per_token": block.flops_per_token, **{k: v for k, v in block.attrs}})
+        totals = {
+            "model_type": self.config.model_type,
+            "family": self.family,
+            "layers": self.num_layers,
+            "hidden": self.config.hidden_size,
+            "params": sum(r["params"] for r in rows),
+            "bytes": sum(r["bytes"] for r in rows),
+            "flops_per_token": sum(r["flops_per_token"] for r in rows),
+            "context": context,
+        }
+        return {"totals": totals, "blocks": rows}
+
+    def evolve(self, **changes) -> ModelIR:
+        return replace(self, **changes)
+
+
+def numel(shape: Sequence[int]) -> int:
+    total = 1
+    for size in shape:
+        total *= int(size)
+    return total
+
+
+def align_names(store: WeightStore, expected: Mapping[str, tuple[int, ...]], path: Path) -> WeightStore:
+    """Map checkpoint names onto the stock model's names (adding or stripping a base-model prefix), check shapes."""
+    names = list(store)
+    renames: dict[str, str] = {}
+    for name in names:
+        if name in expected:
+            continue
+        candidates = [c for c in expected if c.endswith("." + name) or name.endswith("." + c)]
+        if len(candidates) == 1:
+            renames[name] = candidates[0]
+    store = store.renamed(renames)
+    store = store.without([n for n in store if n not in expected])  # buffers saved by older versions, etc.
+    missing = [n for n in expected if n not in store]
+    if missing:
+        raise UserError(f"{path}: checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[0]!r}")
+    for name, shape in expected.items():
+        if store.shape(name) != shape:
+            raise UserError(f"{path}: tensor {name!r} has shape {store.shape(name)}, config implies {shape}")
+    return store
+
+
+def dense_config(moe_config, dense_type: str, width: int):
+    """The dense counterpart's config: same attention, norms, embeddings; one FFN of `width`."""
+    from transformers import AutoConfig
+
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
+            "tie_word_embeddings", "attention_dropout", "sliding_window", "use_sliding_window", "max_window_layers",
+            "attention_bias", "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "torch_dtype")
+    values = {k: getattr(moe_config, k) for k in keys if hasattr(moe_config, k)}
+    values["head_dim"] = int(getattr(moe_config, "head_dim", None)
+                             or moe_config.hidden_size // moe_config.num_attention_heads)
+    config = AutoConfig.for_model(dense_type, intermediate_size=width, **values)
+    config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
+    return config

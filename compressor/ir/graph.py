@@ -27,9 +27,20 @@ from compressor.ir.weights import WeightStore, checkpoint_files
 
 LINEAGE_FILE = "compressor.json"
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
-    "tokenizer.model", "added_tokens.json", "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "generation_config.json",
+    # sentence-transformers metadata, so an encoder student also loads with SentenceTransformer(dir)
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 )
+TOKENIZER_DIRS = ("1_Pooling",)
 DEFAULT_CONTEXT = 128  # sequence length at which FLOPs per token are quoted
 
 
@@ -136,9 +147,12 @@ class ModelIR:
         previous = None
         for block in self.blocks():
             graph.add_node(
-                block.name, kind=block.kind, params=list(block.params),
+                block.name,
+                kind=block.kind,
+                params=list(block.params),
                 param_count=sum(numel(self.shapes[n]) for n in block.params),
-                flops_per_token=block.flops_per_token, **dict(block.attrs),
+                flops_per_token=block.flops_per_token,
+                **dict(block.attrs),
             )
             if previous is not None:
                 graph.add_edge(previous, block.name)
@@ -211,8 +225,11 @@ class ModelIR:
     def slice_group(self, kind: str, keep: Mapping[int, Sequence[int]] | Sequence[int]) -> ModelIR:
         """Keep the listed units of one group kind (hidden, heads, ffn, experts); same count on every layer."""
         edit = self.adapter.slice(self.config, self.weights, kind, keep)
-        record = {"op": "slice_group", "kind": kind, "kept": len(keep) if not isinstance(keep, Mapping)
-                  else len(next(iter(keep.values())))}
+        record = {
+            "op": "slice_group",
+            "kind": kind,
+            "kept": len(keep) if not isinstance(keep, Mapping) else len(next(iter(keep.values()))),
+        }
         return self.apply(edit, record)
 
     def replace_ffn(self, ffns: Mapping[int, Mapping[str, torch.Tensor]]) -> ModelIR:
@@ -232,19 +249,27 @@ class ModelIR:
             if not 0 <= layer < self.num_layers:
                 raise UserError(f"replace_ffn: layer {layer} is out of range 0..{self.num_layers - 1}")
             hidden = self.config.hidden_size
-            if tuple(ffn["gate"].shape) != (width, hidden) or tuple(ffn["up"].shape) != (width, hidden) \
-                    or tuple(ffn["down"].shape) != (hidden, width):
-                raise UserError(f"replace_ffn: layer {layer} tensors must be gate/up [f, {hidden}] and down [{hidden}, f]")
+            if (
+                tuple(ffn["gate"].shape) != (width, hidden)
+                or tuple(ffn["up"].shape) != (width, hidden)
+                or tuple(ffn["down"].shape) != (hidden, width)
+            ):
+                raise UserError(
+                    f"replace_ffn: layer {layer} tensors must be gate/up [f, {hidden}] and down [{hidden}, f]"
+                )
         stem = next(m["stem"] for n in self.weights if (m := LAYER_PATTERN.match(n)))
         updates = {
             f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
-            for layer, ffn in ffns.items() for proj in ("gate", "up", "down")
+            for layer, ffn in ffns.items()
+            for proj in ("gate", "up", "down")
         }
         record = {"op": "replace_ffn", "layers": sorted(ffns), "width": width}
         if self.family == "moe":
             if sorted(ffns) != list(range(self.num_layers)):
                 raise UserError("replace_ffn: an MoE model must have every layer's FFN replaced at once")
-            drops = [n for n in self.weights if layer_of(n) is not None and not (".self_attn." in n or "layernorm" in n)]
+            drops = [
+                n for n in self.weights if layer_of(n) is not None and not (".self_attn." in n or "layernorm" in n)
+            ]
             config = dense_config(self.config, DENSE_COUNTERPART[self.config.model_type], width)
             return self.with_family("llama", Edit(config, updates, {}, drops), record)
         config = copy.deepcopy(self.config)
@@ -305,15 +330,24 @@ class ModelIR:
             for filename, names in split.filename_to_tensors.items():
                 save_file({n: state[n] for n in names}, tmp / filename, metadata={"format": "pt"})
             if split.is_sharded:
-                index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                         "weight_map": split.tensor_to_filename}
+                index = {
+                    "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+                    "weight_map": split.tensor_to_filename,
+                }
                 (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
             if self.source:
                 for name in TOKENIZER_FILES:
                     if (self.source / name).exists():
                         shutil.copy2(self.source / name, tmp / name)
-            record = {"family": self.family, "summary": self.summary()["totals"], "lineage": self.lineage,
-                      **(extra or {})}
+                for name in TOKENIZER_DIRS:
+                    if (self.source / name).is_dir():
+                        shutil.copytree(self.source / name, tmp / name)
+            record = {
+                "family": self.family,
+                "summary": self.summary()["totals"],
+                "lineage": self.lineage,
+                **(extra or {}),
+            }
             (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=2, default=str))
             if out.exists():
                 shutil.rmtree(out)
@@ -329,8 +363,16 @@ class ModelIR:
         for block in self.blocks(context):
             params = sum(numel(self.shapes[n]) for n in block.params)
             size = sum(numel(self.shapes[n]) * self.weights[n].element_size() for n in block.params)
-            rows.append({"block": block.name, "kind": block.kind, "params": params, "bytes": size,
-                         "flops_per_token": block.flops_per_token, **{k: v for k, v in block.attrs}})
+            rows.append(
+                {
+                    "block": block.name,
+                    "kind": block.kind,
+                    "params": params,
+                    "bytes": size,
+                    "flops_per_token": block.flops_per_token,
+                    **{k: v for k, v in block.attrs},
+                }
+            )
         totals = {
             "model_type": self.config.model_type,
             "family": self.family,
@@ -379,13 +421,34 @@ def dense_config(moe_config, dense_type: str, width: int):
     """The dense counterpart's config: same attention, norms, embeddings; one FFN of `width`."""
     from transformers import AutoConfig
 
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
-            "tie_word_embeddings", "attention_dropout", "sliding_window", "use_sliding_window", "max_window_layers",
-            "attention_bias", "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "torch_dtype")
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "rope_theta",
+        "rope_scaling",
+        "tie_word_embeddings",
+        "attention_dropout",
+        "sliding_window",
+        "use_sliding_window",
+        "max_window_layers",
+        "attention_bias",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "initializer_range",
+        "torch_dtype",
+    )
     values = {k: getattr(moe_config, k) for k in keys if hasattr(moe_config, k)}
-    values["head_dim"] = int(getattr(moe_config, "head_dim", None)
-                             or moe_config.hidden_size // moe_config.num_attention_heads)
+    values["head_dim"] = int(
+        getattr(moe_config, "head_dim", None) or moe_config.hidden_size // moe_config.num_attention_heads
+    )
     config = AutoConfig.for_model(dense_type, intermediate_size=width, **values)
     config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
     return config

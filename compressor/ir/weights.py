@@ -118,15 +118,14 @@ class WeightStore(Mapping[str, torch.Tensor]):
         with safe_open(str(path), framework="pt") as handle:
             tensor = handle.get_tensor(key)
         self._memory[name] = tensor  # cache: later reads and slices share this tensor
-        del self._lazy[name]
         return tensor
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._memory
-        yield from self._lazy
+        # a snapshot: reading a lazy tensor while iterating moves it into memory
+        yield from [*self._memory, *(n for n in self._lazy if n not in self._memory)]
 
     def __len__(self) -> int:
-        return len(self._memory) + len(self._lazy)
+        return len(self._memory) + sum(1 for n in self._lazy if n not in self._memory)
 
     def __contains__(self, name: object) -> bool:
         return name in self._memory or name in self._lazy
@@ -141,7 +140,9 @@ class WeightStore(Mapping[str, torch.Tensor]):
 
     def with_updates(self, updates: Mapping[str, torch.Tensor]) -> WeightStore:
         """A new store where `updates` replace or add tensors."""
-        store = WeightStore(lazy=self._lazy, memory={**self._memory, **updates})
+        store = WeightStore(
+            lazy={k: v for k, v in self._lazy.items() if k not in updates}, memory={**self._memory, **updates}
+        )
         store._shapes = {k: v for k, v in self._shapes.items() if k not in updates}
         return store
 

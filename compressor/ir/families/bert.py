@@ -40,10 +40,18 @@ class BertAdapter(FamilyAdapter):
             attn = [n for n in own if ".attention." in n]
             ffn = [n for n in own if n not in attn]
             attn_flops = sum(matmul_flops(shapes[n]) for n in attn) + 4 * context * hidden
-            blocks.append(Block(f"layer.{i}.attn", "attn", tuple(attn), attn_flops,
-                                (("heads", config.num_attention_heads),)))
-            blocks.append(Block(f"layer.{i}.ffn", "mlp", tuple(ffn), sum(matmul_flops(shapes[n]) for n in ffn),
-                                (("width", config.intermediate_size),)))
+            blocks.append(
+                Block(f"layer.{i}.attn", "attn", tuple(attn), attn_flops, (("heads", config.num_attention_heads),))
+            )
+            blocks.append(
+                Block(
+                    f"layer.{i}.ffn",
+                    "mlp",
+                    tuple(ffn),
+                    sum(matmul_flops(shapes[n]) for n in ffn),
+                    (("width", config.intermediate_size),),
+                )
+            )
         head = [n for n in names if layer_of(n) is None and n not in embed]
         # The pooler runs once per sequence, not per token: its cost is not charged per token.
         head_flops = sum(matmul_flops(shapes[n]) for n in head if "pooler" not in n)
@@ -62,8 +70,9 @@ class BertAdapter(FamilyAdapter):
     def slice(self, config, weights, kind, keep) -> Edit:
         if kind == "hidden" or kind == "heads":
             raise self.unsupported(
-                kind, "stock BertModel ties the attention width to hidden_size (heads × head size), so a uniform "
-                "cut of one without the other is not a standard architecture"
+                kind,
+                "stock BertModel ties the attention width to hidden_size (heads × head size), so a uniform "
+                "cut of one without the other is not a standard architecture",
             )
         if kind != "ffn":
             raise self.unsupported(kind, f"supported kinds are {', '.join(self.sliceable)}")

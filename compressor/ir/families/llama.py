@@ -77,8 +77,13 @@ class LlamaAdapter(FamilyAdapter):
             ffn = [n for n in own if n not in attn]
             attn_flops = sum(matmul_flops(shapes[n]) for n in attn) + 4 * context * heads * d_h
             blocks.append(
-                Block(f"layer.{i}.attn", "attn", tuple(attn), attn_flops, (("heads", heads), ("head_dim", d_h),
-                      ("kv_heads", config.num_key_value_heads)))
+                Block(
+                    f"layer.{i}.attn",
+                    "attn",
+                    tuple(attn),
+                    attn_flops,
+                    (("heads", heads), ("head_dim", d_h), ("kv_heads", config.num_key_value_heads)),
+                )
             )
             blocks.append(self.ffn_block(config, i, ffn, shapes))
         final = [n for n in names if layer_of(n) is None and n.endswith("norm.weight")]
@@ -90,7 +95,7 @@ class LlamaAdapter(FamilyAdapter):
 
     def ffn_block(self, config, layer: int, names: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> Block:
         flops = sum(matmul_flops(shapes[n]) for n in names)
-        return Block(f"layer.{layer}.ffn", "mlp", tuple(names), flops, (("width", getattr(config, "intermediate_size")),))
+        return Block(f"layer.{layer}.ffn", "mlp", tuple(names), flops, (("width", config.intermediate_size),))
 
     def groups(self, config, names: Sequence[str]) -> dict[str, list[Member]]:
         d_h = self.head_dim(config)
@@ -130,7 +135,9 @@ class LlamaAdapter(FamilyAdapter):
         check_indices(keep, config.hidden_size, "hidden")
         if not keep:
             raise UserError("slice_group('hidden'): cannot keep zero hidden channels")
-        updates = {m.name: select_units(weights[m.name], m.axis, keep) for m in self.groups(config, list(weights))["hidden"]}
+        updates = {
+            m.name: select_units(weights[m.name], m.axis, keep) for m in self.groups(config, list(weights))["hidden"]
+        }
         config.hidden_size = len(keep)
         return Edit(config, updates)
 

@@ -41,8 +41,12 @@ class MoEAdapter(LlamaAdapter):
         expert_flops = sum(matmul_flops(shapes[n]) for n in names if EXPERT_PATTERN.search(n))
         other_flops = sum(matmul_flops(shapes[n]) for n in names if not EXPERT_PATTERN.search(n))
         flops = other_flops + expert_flops * top_k // len(experts)
-        attrs = (("experts", len(experts)), ("top_k", top_k), ("width", getattr(config, self.ffn_width_key(config))),
-                 ("shared_expert", any("shared_expert." in n for n in names)))
+        attrs = (
+            ("experts", len(experts)),
+            ("top_k", top_k),
+            ("width", getattr(config, self.ffn_width_key(config))),
+            ("shared_expert", any("shared_expert." in n for n in names)),
+        )
         return Block(f"layer.{layer}.ffn", "moe", tuple(names), flops, attrs)
 
     def groups(self, config, names: Sequence[str]) -> dict[str, list[Member]]:
@@ -77,8 +81,9 @@ class MoEAdapter(LlamaAdapter):
         total = getattr(config, count_key)
         kept = len(next(iter(keep.values())))
         if kept < config.num_experts_per_tok:
-            raise UserError(f"slice_group('experts'): keeping {kept} experts is fewer than top-k "
-                            f"({config.num_experts_per_tok})")
+            raise UserError(
+                f"slice_group('experts'): keeping {kept} experts is fewer than top-k ({config.num_experts_per_tok})"
+            )
         updates: dict[str, torch.Tensor] = {}
         renames: dict[str, str] = {}
         drops: list[str] = []
@@ -91,7 +96,7 @@ class MoEAdapter(LlamaAdapter):
                 elif match := EXPERT_PATTERN.search(name):
                     old = int(match["expert"])
                     if old in new_index:
-                        renames[name] = name[: match.start()] + f".experts.{new_index[old]}." + name[match.end():]
+                        renames[name] = name[: match.start()] + f".experts.{new_index[old]}." + name[match.end() :]
                     else:
                         drops.append(name)
         setattr(config, count_key, kept)

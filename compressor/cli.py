@@ -1,0 +1,239 @@
+"""The `compress` command (DESIGN §6): model, inspect, pass, export, eval.
+
+Exit codes: 0 success; 2 bad input (one line naming the input and the problem, no traceback); 3 a gate
+failed; 1 anything else. Heavy libraries load inside the commands, so `compress --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import click
+import typer
+
+from compressor.errors import GateError, UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Compressor: teacher checkpoint -> smaller, validated, deployable student.",
+)
+
+Target = Annotated[str, typer.Option("--target", "-t", help="deployment target: cpu, gpu or edge")]
+
+
+@app.command()
+def model(
+    teacher: Annotated[
+        str | None, typer.Argument(help="teacher model directory; default: packaged all-MiniLM-L6-v2")
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", "-t", help="cpu, gpu or edge (default cpu)")] = None,
+    budget: Annotated[float | None, typer.Option(help="share of the teacher's layers to keep, in (0, 1]")] = None,
+    data: Annotated[str | None, typer.Option(help="training text; default: built-in English corpus")] = None,
+    eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out text; default: 10% of --data")] = None,
+    sts: Annotated[str | None, typer.Option(help="STS-B-style TSV for encoder Spearman")] = None,
+    recipe: Annotated[str | None, typer.Option(help="recipe YAML/JSON; flags override its keys")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="output directory")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    steps: Annotated[int | None, typer.Option(help="distillation steps (overrides the recipe)")] = None,
+    seed: Annotated[int | None, typer.Option(help="random seed")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N]")] = None,
+    cache_dir: Annotated[
+        str | None, typer.Option(help="pass cache (default $COMPRESSOR_CACHE or ~/.cache/compressor)")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the pass cache")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(help="allow the teacher's own Python code to run")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Compress TEACHER into a student for a target: OUT/{student, onnx, report.json, REPORT.md}."""
+    from compressor.api import ModelRequest, compress_model
+
+    report = compress_model(
+        ModelRequest(
+            teacher=teacher,
+            target=target,
+            budget=budget,
+            data=data,
+            eval_data=eval_data,
+            sts=sts,
+            recipe=recipe,
+            out=out,
+            overwrite=overwrite,
+            steps=steps,
+            seed=seed,
+            device=device,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            trust_remote_code=trust_remote_code,
+            show_progress=not quiet,
+        )
+    )
+    summarize(report)
+
+
+def summarize(report: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    t, s, q = report["teacher"], report["student"], report["quality"]
+    console.print(f"[bold green]done[/] in {report['wall_seconds']} s -> {report['output']}")
+    console.print(
+        f"params {t['params']:,} -> {s['params']:,} ({report['ratios']['params']}x), "
+        f"FLOPs/token ratio {report['ratios']['flops_per_token']}"
+    )
+    console.print(f"quality: teacher {q['teacher']} student {q['student']} retention {q['retention']}")
+    if report.get("onnx"):
+        console.print(
+            f"onnx: validation {'passed' if report['onnx']['passed'] else 'FAILED'}, "
+            f"max abs diff {report['onnx']['max_abs_diff']:.3g}"
+        )
+    if report["cached_passes"]:
+        console.print(f"cached passes: {', '.join(report['cached_passes'])}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[str, typer.Argument(help="model directory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Print the IR summary: params, bytes, FLOPs/token and a per-block table."""
+    from compressor.api import inspect_model
+
+    summary = inspect_model(path)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{path}")
+    for column in ("block", "kind", "params", "bytes", "FLOPs/token"):
+        table.add_column(column, justify="right" if column not in ("block", "kind") else "left")
+    for row in summary["blocks"]:
+        table.add_row(
+            row["block"], row["kind"], f"{row['params']:,}", f"{row['bytes']:,}", f"{row['flops_per_token']:,}"
+        )
+    totals = summary["totals"]
+    table.add_row(
+        "total",
+        totals["model_type"],
+        f"{totals['params']:,}",
+        f"{totals['bytes']:,}",
+        f"{totals['flops_per_token']:,}",
+        style="bold",
+    )
+    Console().print(table)
+
+
+@app.command("pass")
+def run_pass(
+    name: Annotated[str, typer.Argument(help="pass name: inherit, distill, export")],
+    source: Annotated[str, typer.Option("--in", help="input model directory")],
+    out: Annotated[str, typer.Option("--out", "-o", help="output directory")],
+    assignments: Annotated[list[str] | None, typer.Option("--set", help="config key=value (repeatable)")] = None,
+    teacher: Annotated[str | None, typer.Option(help="teacher directory; default: the one in compressor.json")] = None,
+    data: Annotated[str | None, typer.Option(help="data file; default: built-in corpus")] = None,
+    target: Target = "cpu",
+    budget: Annotated[float | None, typer.Option(help="share of layers to keep (inherit)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run one pass on one model directory (for CI/CD); prints the pass's metrics as JSON."""
+    from compressor.api import run_pass as api_run_pass
+
+    summary = api_run_pass(
+        name,
+        source,
+        out,
+        assignments,
+        teacher,
+        data,
+        target,
+        budget,
+        overwrite,
+        seed,
+        device,
+        use_cache=not no_cache,
+        show_progress=not quiet,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def export(
+    path: Annotated[str, typer.Argument(help="student (or any supported) model directory")],
+    target: Target = "cpu",
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="ONNX output directory; default: PATH-onnx-TARGET")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="text for the validation gate; default: built-in corpus")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Export a model directory to validated ONNX for a target."""
+    from compressor.api import run_pass as api_run_pass
+
+    destination = out or f"{path.rstrip('/')}-onnx-{target}"
+    summary = api_run_pass(
+        "export", path, destination, [], None, data, target, None, overwrite, show_progress=not quiet
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("eval")
+def evaluate(
+    student: Annotated[str, typer.Argument(help="student model directory")],
+    teacher: Annotated[str | None, typer.Option(help="teacher directory; default: the one in compressor.json")] = None,
+    data: Annotated[str | None, typer.Option(help="text file (its held-out 10% is used); default: built-in")] = None,
+    sts: Annotated[str | None, typer.Option(help="STS-B-style TSV (encoders)")] = None,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Student vs teacher: perplexity and top-1 agreement (LMs), embedding cosine and STS Spearman (encoders)."""
+    from compressor.api import evaluate_models
+
+    print(json.dumps(evaluate_models(student, teacher, data, sts, device), indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: maps errors to exit codes with one clear line on stderr."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="compress", standalone_mode=False)
+    except UserError as exc:
+        print(f"compress: error: {exc}", file=sys.stderr)
+        return 2
+    except GateError as exc:
+        print(f"compress: gate failed: {exc}", file=sys.stderr)
+        return 3
+    except click.exceptions.Abort:
+        print("compress: aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        print(f"compress: error: {exc.format_message()}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # anything else is our bug or the environment's: say what, keep it short
+        if os.environ.get("COMPRESSOR_DEBUG"):
+            raise
+        print(
+            f"compress: internal error: {type(exc).__name__}: {exc} (set COMPRESSOR_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,1 @@
+"""Distillation machinery shared by passes: losses (pure functions) and the training loop."""

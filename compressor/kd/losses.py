@@ -1,0 +1,98 @@
+"""Distillation losses as pure functions of tensors (ALGORITHMS.md §7).
+
+Conventions (ALGORITHMS.md, notation): token-level losses are summed over the vocabulary and averaged over
+valid tokens (mask = labels != -100); softmax runs in float32; where a teacher and a student vocabulary
+differ only by padding rows, both are cut to the common size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def common_vocab(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut both logits to the shared vocabulary size (extra rows are tokenizer padding)."""
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    return student_logits[..., :vocab], teacher_logits[..., :vocab]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean of per-token `values` over the tokens where `mask` is true (all tokens when mask is None)."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Forward KL with temperature (ALGORITHMS §7.1).
+
+    L = τ² · Σ_v p^τ (log p^τ − log q^τ), p^τ = softmax(z_T/τ), q^τ = softmax(z_S/τ), averaged over valid
+    tokens. The KL form (not the cross-entropy form) so that L = 0 exactly when the two agree; the gradient
+    with respect to z_S is τ·(q^τ − p^τ) per token (divided by the token count). Positions where the teacher
+    logit is -inf contribute 0 rather than NaN.
+    """
+    student_logits, teacher_logits = common_vocab(student_logits, teacher_logits)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    p = log_p.exp()
+    per_vocab = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return temperature**2 * masked_mean(per_vocab.sum(-1), mask)
+
+
+def lm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over valid labels (labels already aligned with logits)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def lm_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(1−α)·CE + α·KD, the standard mix (ALGORITHMS §7.1); returns the loss and its parts for logging."""
+    mask = labels != IGNORE_INDEX
+    kd = forward_kl(student_logits, teacher_logits, mask, temperature)
+    ce = lm_cross_entropy(student_logits, labels) if alpha < 1 else kd.new_zeros(())
+    loss = (1 - alpha) * ce + alpha * kd
+    return loss, {"ce": float(ce), "kd": float(kd)}
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embedding: the mean of token states over real (non-pad) tokens, as sentence-transformers does."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+
+
+def cosine_embedding_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """mean(1 − cos(e_S, e_T)) over the batch: 0 when aligned, invariant to a positive scale of either side."""
+    return (1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error of hidden states per valid token (ALGORITHMS §7.9 with the identity projection)."""
+    per_token = (student.float() - teacher.float()).pow(2).mean(-1)
+    return masked_mean(per_token, mask)
+
+
+def encoder_kd_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cosine_weight: float = 1.0,
+    mse_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Encoder distillation: cosine on mean-pooled embeddings plus MSE on last hidden states (pads excluded)."""
+    cosine = cosine_embedding_loss(mean_pool(student_hidden, attention_mask), mean_pool(teacher_hidden, attention_mask))
+    mse = hidden_mse(student_hidden, teacher_hidden, attention_mask.bool())
+    return cosine_weight * cosine + mse_weight * mse, {"cosine": float(cosine), "mse": float(mse)}

@@ -1,0 +1,152 @@
+"""Runs passes in order with a content-addressed cache, so a re-run skips finished work (DESIGN §1.4, §4).
+
+Cache key of a pass = sha256(input IR fingerprint, pass name, validated config, and — where the pass uses
+them — target, data fingerprint, teacher fingerprint, seed). The output IR's fingerprint *is* that key, so
+keys chain without hashing tensors (Olive's approach). An entry holds the IR, the pass's artifacts and its
+record, with a manifest of sha256 per file written last; an entry whose files do not match is corrupt and
+is recomputed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+import compressor
+from compressor.ir import ModelIR
+from compressor.ir.graph import sha256_file
+from passes.base import Pass, PassContext
+
+STDERR = Console(stderr=True)
+
+
+@dataclass
+class StepRecord:
+    """What one pass did: its config, cache key, wall time, whether it came from the cache, and its metrics."""
+
+    name: str
+    config: dict
+    key: str
+    seconds: float
+    cached: bool
+    metrics: dict = field(default_factory=dict)
+    cache_note: str | None = None
+
+
+class PassCache:
+    """Content-addressed store of pass results under `root/<key>/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def load(self, key: str) -> tuple[ModelIR | None, dict, Path] | str | None:
+        """(ir, record, artifacts) on a valid hit; "corrupt" for a damaged entry (which is removed); None on miss."""
+        entry = self.entry(key)
+        manifest_file = entry / "manifest.json"
+        if not entry.exists():
+            return None
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            for rel, digest in manifest["files"].items():
+                if sha256_file(entry / rel) != digest:
+                    raise ValueError(rel)
+            record = json.loads((entry / "record.json").read_text())
+            ir = ModelIR.load(entry / "ir") if (entry / "ir").exists() else None
+        except Exception:  # any damage at all means: recompute
+            shutil.rmtree(entry, ignore_errors=True)
+            return "corrupt"
+        return ir, record, entry / "artifacts"
+
+    def store(self, key: str, ir: ModelIR | None, record: dict, artifacts: Path) -> None:
+        entry = self.entry(key)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=entry.parent))
+        try:
+            if ir is not None:
+                ir.save(tmp / "ir")
+            shutil.copytree(artifacts, tmp / "artifacts") if artifacts.exists() else (tmp / "artifacts").mkdir()
+            (tmp / "record.json").write_text(json.dumps(record, indent=2, default=str))
+            files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=2))
+            if entry.exists():
+                shutil.rmtree(entry)
+            tmp.rename(entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:
+    parts = {
+        "compressor": compressor.__version__,
+        "input": ir.content_fingerprint(),
+        "pass": step.name,
+        "config": step.config.model_dump(mode="json"),
+        "seed": ctx.seed,
+    }
+    if step.target_dependent:
+        parts["target"] = ctx.target.name
+    if step.needs_data and ctx.corpus is not None:
+        parts["data"] = ctx.corpus.fingerprint
+    if step.needs_teacher:
+        parts["teacher"] = ctx.teacher.content_fingerprint()
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def run_pipeline(
+    ir: ModelIR, steps: list[Pass], ctx: PassContext, artifacts_out: Path, cache: PassCache | None
+) -> tuple[ModelIR, list[StepRecord]]:
+    """Run `steps` on `ir`; each pass's artifacts are merged into `artifacts_out`."""
+    records: list[StepRecord] = []
+    for step in steps:
+        key = cache_key(ir, step, ctx)
+        hit = cache.load(key) if cache else None
+        note = "corrupt cache entry: recomputed" if hit == "corrupt" else None
+        if note:
+            STDERR.print(f"[yellow]{step.name}: {note}[/]")
+        if isinstance(hit, tuple):
+            cached_ir, record, artifacts = hit
+            STDERR.print(f"[green]{step.name}[/]: cached ({key[:12]})")
+            if artifacts.exists():
+                shutil.copytree(artifacts, artifacts_out, dirs_exist_ok=True)
+            ir = cached_ir.evolve(fingerprint=key, source=ir.source) if cached_ir is not None else ir
+            records.append(StepRecord(step.name, record["config"], key, record["seconds"], True, record["metrics"]))
+            continue
+        STDERR.print(f"[bold]{step.name}[/]: running")
+        step_artifacts = ctx.scratch / f"artifacts-{len(records)}-{step.name}"
+        step_artifacts.mkdir(parents=True, exist_ok=True)
+        step_ctx = dataclasses.replace(ctx, artifacts=step_artifacts, metrics={})
+        start = time.perf_counter()
+        result = step.run(ir, step_ctx)
+        seconds = time.perf_counter() - start
+        config = step.config.model_dump(mode="json")
+        record = {"config": config, "seconds": round(seconds, 3), "metrics": step_ctx.metrics}
+        if step.produces_ir:
+            lineage = {**result.lineage}
+            lineage["passes"] = [
+                *lineage.get("passes", []),
+                {
+                    "pass": step.name,
+                    "config": config,
+                    "key": key,
+                    "metrics": {k: v for k, v in step_ctx.metrics.items() if k != "loss_curve"},
+                },
+            ]
+            result = result.evolve(lineage=lineage, fingerprint=key)
+        if cache:
+            cache.store(key, result if step.produces_ir else None, record, step_artifacts)
+        shutil.copytree(step_artifacts, artifacts_out, dirs_exist_ok=True)
+        ir = result if step.produces_ir else ir
+        records.append(StepRecord(step.name, config, key, round(seconds, 3), False, step_ctx.metrics, note))
+    return ir, records

@@ -1,0 +1,140 @@
+"""Recipes: the whole pipeline as YAML/JSON, validated by pydantic (DESIGN §6).
+
+Every error names the key path, e.g. `recipe.yaml: passes[1].distill.stpes: unknown key`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from compressor.errors import UserError
+from passes import get_pass
+from passes.base import Budget, Pass
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSpec(Strict):
+    train: str | None = Field(default=None, description="training text (blank-line separated, .jsonl, or .tsv)")
+    eval: str | None = Field(default=None, description="held-out text; default: 10% of train held out")
+    sts: str | None = Field(default=None, description="STS-B-style TSV for encoder Spearman")
+
+
+class BudgetSpec(Strict):
+    layers: float | None = Field(default=None, gt=0, le=1)
+    params: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def one_kind(self) -> BudgetSpec:
+        if self.layers is not None and self.params is not None:
+            raise ValueError("give either layers or params, not both")
+        return self
+
+
+class GatesSpec(Strict):
+    min_quality_retention: float | None = Field(default=None, gt=0, le=1)
+
+
+class Recipe(Strict):
+    teacher: str | None = None
+    target: Literal["cpu", "gpu", "edge"] = "cpu"
+    data: DataSpec = DataSpec()
+    budget: BudgetSpec = BudgetSpec()
+    passes: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
+    gates: GatesSpec = GatesSpec()
+    seed: int = 0
+    device: str = "auto"
+
+    def budget_value(self) -> Budget:
+        return Budget(layers=self.budget.layers, params=self.budget.params)
+
+
+def location(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def describe(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key"
+    if error["type"] == "missing":
+        return "required key is missing"
+    return error["msg"]
+
+
+def first_error(exc: ValidationError, prefix: str = "") -> str:
+    error = exc.errors()[0]
+    where = location(error["loc"])
+    where = f"{prefix}.{where}" if prefix and where else (prefix or where)
+    return f"{where}: {describe(error)}"
+
+
+def build_passes(entries: list[dict[str, dict[str, Any] | None]], source: str) -> list[Pass]:
+    """Instantiate each `{name: config}` entry with its validated Config."""
+    built = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or len(entry) != 1:
+            raise UserError(f"{source}: passes[{index}]: each pass is a one-key mapping like `distill: {{steps: 100}}`")
+        name, raw = next(iter(entry.items()))
+        try:
+            cls = get_pass(name)
+        except UserError as exc:
+            raise UserError(f"{source}: passes[{index}]: {exc}") from None
+        try:
+            built.append(cls(cls.Config(**(raw or {}))))
+        except ValidationError as exc:
+            raise UserError(f"{source}: {first_error(exc, f'passes[{index}].{name}')}") from None
+    return built
+
+
+def parse_recipe(raw: Any, source: str) -> Recipe:
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe is a mapping of keys (teacher, target, data, budget, passes, gates)")
+    try:
+        recipe = Recipe(**raw)
+    except ValidationError as exc:
+        raise UserError(f"{source}: {first_error(exc)}") from None
+    build_passes(recipe.passes, source)  # validates every pass config now, before any work
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: recipe file not found")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise UserError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({str(exc).splitlines()[0]})"
+        ) from None
+    return parse_recipe(raw, str(path))
+
+
+def default_passes(task: str) -> list[dict[str, dict[str, Any] | None]]:
+    """The search-free default: inherit layers by importance, distil, export."""
+    return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
+
+
+def parse_assignments(assignments: list[str], source: str = "--set") -> dict[str, Any]:
+    """`key=value` pairs (values parsed as YAML scalars/lists), for `compress pass NAME --set ...`."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"{source} {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        try:
+            values[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise UserError(f"{source} {item!r}: value is not a valid scalar or list") from None
+    return values

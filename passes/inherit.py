@@ -1,0 +1,129 @@
+"""`inherit`: give the student architecture the teacher's weights by layer selection (ALGORITHMS §3b).
+
+Strategies: `uniform` (round(i·(L_T−1)/(L_S−1)), keeps first and last), `floor` (⌊i·L_T/L_S⌋), `first`,
+`last`, explicit `indices`, and `importance`: keep the layers with the highest block influence
+(ALGORITHMS §8, depth score) measured on calibration data.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from compressor.data import encode_sentences, lm_blocks, sentences
+from compressor.errors import UserError
+from compressor.importance import layer_block_influence
+from compressor.ir import ModelIR
+from passes.base import Budget, Pass, PassConfig, PassContext, register
+
+
+def uniform_indices(teacher_layers: int, student_layers: int) -> list[int]:
+    if student_layers == 1:
+        return [0]
+    return [round(i * (teacher_layers - 1) / (student_layers - 1)) for i in range(student_layers)]
+
+
+def floor_indices(teacher_layers: int, student_layers: int) -> list[int]:
+    return [i * teacher_layers // student_layers for i in range(student_layers)]
+
+
+def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
+    """How many layers the student keeps under `budget`; an impossible budget is a UserError."""
+    total = ir.num_layers
+    if budget.layers is not None:
+        if not 0 < budget.layers <= 1:
+            raise UserError(f"budget {budget.layers}: a layer budget must be a ratio in (0, 1]")
+        count = round(budget.layers * total)
+        if count < 1:
+            raise UserError(
+                f"budget {budget.layers}: keeps {budget.layers * total:.2f} of {total} layers, "
+                f"fewer than one (smallest possible budget is {1 / total:.3f})"
+            )
+        return count
+    if budget.params is not None:
+        if not 0 < budget.params <= 1:
+            raise UserError(f"budget params={budget.params}: must be a ratio in (0, 1]")
+        totals = ir.summary()["totals"]
+        per_layer = sum(r["params"] for r in ir.summary()["blocks"] if r["block"].startswith("layer."))
+        fixed = totals["params"] - per_layer
+        per_layer //= total
+        count = min(total, int((budget.params * totals["params"] - fixed) // per_layer))
+        if count < 1:
+            smallest = (fixed + per_layer) / totals["params"]
+            raise UserError(
+                f"budget params={budget.params}: not even one layer fits (embeddings and head alone "
+                f"take {fixed / totals['params']:.2f}; smallest possible is {smallest:.3f})"
+            )
+        return count
+    return total
+
+
+class InheritConfig(PassConfig):
+    strategy: Literal["importance", "uniform", "floor", "first", "last", "indices"] = "importance"
+    layers: int | None = Field(default=None, ge=1, description="student layer count; default: from the budget")
+    indices: list[int] | None = Field(default=None, description="teacher layers to keep (strategy=indices)")
+    calibration_batches: int = Field(default=8, ge=1)
+    calibration_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+
+
+@register
+class Inherit(Pass):
+    name = "inherit"
+    Config = InheritConfig
+    needs_data = True
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+        cfg: InheritConfig = self.config
+        total = ir.num_layers
+        if cfg.strategy == "indices" or cfg.indices is not None:
+            if not cfg.indices:
+                raise UserError("inherit: strategy 'indices' needs a non-empty `indices` list")
+            keep = sorted(cfg.indices)
+        else:
+            count = cfg.layers or layers_for_budget(ir, ctx.budget)
+            if count > total:
+                raise UserError(f"inherit.layers={count}: the teacher has only {total} layers")
+            keep = self.select(ir, ctx, count)
+        student = ir.drop_layers(keep)
+        ctx.metrics.update(
+            {
+                "kept_layers": keep,
+                "teacher_layers": total,
+                "student_layers": len(keep),
+                "params_before": ir.summary()["totals"]["params"],
+                "params_after": student.summary()["totals"]["params"],
+            }
+        )
+        return student
+
+    def select(self, ir: ModelIR, ctx: PassContext, count: int) -> list[int]:
+        cfg: InheritConfig = self.config
+        total = ir.num_layers
+        if cfg.strategy == "uniform":
+            return uniform_indices(total, count)
+        if cfg.strategy == "floor":
+            return floor_indices(total, count)
+        if cfg.strategy == "first":
+            return list(range(count))
+        if cfg.strategy == "last":
+            return list(range(total - count, total))
+        scores = layer_block_influence(ir.materialize(ctx.device), self.calibration(ir, ctx))
+        ctx.metrics["block_influence"] = [round(s, 6) for s in scores]
+        ranked = sorted(range(total), key=lambda i: scores[i], reverse=True)
+        return sorted(ranked[:count])
+
+    def calibration(self, ir: ModelIR, ctx: PassContext):
+        cfg: InheritConfig = self.config
+        corpus = ctx.require_corpus(self.name)
+        n = cfg.calibration_batches * cfg.calibration_batch_size
+        if ir.task == "causal-lm":
+            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=n)
+            for start in range(0, len(blocks), cfg.calibration_batch_size):
+                yield {"input_ids": blocks[start : start + cfg.calibration_batch_size].to(ctx.device)}
+        else:
+            texts = sentences(corpus.train)[:n] or list(corpus.train[:n])
+            for start in range(0, len(texts), cfg.calibration_batch_size):
+                enc = encode_sentences(ctx.tokenizer, texts[start : start + cfg.calibration_batch_size], cfg.seq_len)
+                yield {k: v.to(ctx.device) for k, v in enc.items()}

@@ -1,0 +1,14 @@
+"""edge: small arm64 devices; smallest size, one thread, int8."""
+
+from targets.base import Target
+
+EDGE = Target(
+    name="edge",
+    description="small arm64/x86 device: smallest model, one thread",
+    providers=("XnnpackExecutionProvider", "CPUExecutionProvider"),
+    export_dtype="fp32",
+    quantization="dynamic-int8",
+    graph_optimization="ORT_ENABLE_ALL",
+    intra_op_threads=1,
+    default_budget=0.34,
+)

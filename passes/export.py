@@ -69,6 +69,7 @@ class Export(Pass):
             device="cuda" if dtype == "fp16" else "cpu",
             do_validation=False,
             local_files_only=True,
+            library_name="transformers",  # plain last_hidden_state, even when sentence-transformers files exist
         )
         onnx_file = onnx_dir / "model.onnx"
         if not onnx_file.exists():

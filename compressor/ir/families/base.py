@@ -80,6 +80,10 @@ class FamilyAdapter(ABC):
     def model_class(self, config) -> type:
         """The transformers class the IR materializes to."""
 
+    def sliceable_for(self, config) -> tuple[str, ...]:
+        """The group kinds this config can be sliced along while staying a stock model."""
+        return self.sliceable
+
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
 

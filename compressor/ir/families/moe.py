@@ -67,7 +67,14 @@ class MoEAdapter(LlamaAdapter):
             new.mlp_only_layers = [j for j, i in enumerate(keep) if i in set(config.mlp_only_layers)]
         return new
 
+    def sliceable_for(self, config) -> tuple[str, ...]:
+        if config.model_type == "qwen2_moe":  # its attention insists on heads × head_dim == hidden_size
+            return ("ffn", "experts")
+        return self.sliceable
+
     def slice(self, config, weights, kind, keep):
+        if kind not in self.sliceable_for(config):
+            raise self.unsupported(kind, f"{config.model_type} supports {', '.join(self.sliceable_for(config))}")
         if kind == "experts":
             new = copy.deepcopy(config)
             new.head_dim = self.head_dim(config)

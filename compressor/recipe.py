@@ -68,6 +68,9 @@ def describe(error: dict) -> str:
         return "unknown key"
     if error["type"] == "missing":
         return "required key is missing"
+    given = error.get("input")
+    if isinstance(given, str | int | float | bool):
+        return f"{error['msg']} (got {given!r})"
     return error["msg"]
 
 
@@ -134,7 +137,13 @@ def parse_assignments(assignments: list[str], source: str = "--set") -> dict[str
             raise UserError(f"{source} {item!r}: expected key=value")
         key, value = item.split("=", 1)
         try:
-            values[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise UserError(f"{source} {item!r}: value is not a valid scalar or list") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string; a number is meant
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        values[key.strip()] = parsed
     return values

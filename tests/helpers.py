@@ -12,8 +12,17 @@ STORIES = SHARED / "models" / "stories260K"
 DATA = SHARED / "data"
 LLM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
-COMMON = dict(vocab_size=512, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
-              max_position_embeddings=256, initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+COMMON = dict(
+    vocab_size=512,
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    initializer_range=0.2,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 CONFIGS: dict[str, dict] = {
     "llama": dict(COMMON, intermediate_size=64, tie_word_embeddings=False),
@@ -21,12 +30,26 @@ CONFIGS: dict[str, dict] = {
     "qwen2": dict(COMMON, intermediate_size=64, tie_word_embeddings=True),
     "qwen3": dict(COMMON, intermediate_size=64, head_dim=8),
     "mixtral": dict(COMMON, intermediate_size=48, num_local_experts=4, num_experts_per_tok=2),
-    "qwen2_moe": dict(COMMON, intermediate_size=64, moe_intermediate_size=32, shared_expert_intermediate_size=48,
-                      num_experts=4, num_experts_per_tok=2),
-    "qwen3_moe": dict(COMMON, intermediate_size=64, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
-                      head_dim=8),
-    "bert": dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                 max_position_embeddings=128, initializer_range=0.2),
+    "qwen2_moe": dict(
+        COMMON,
+        intermediate_size=64,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=48,
+        num_experts=4,
+        num_experts_per_tok=2,
+    ),
+    "qwen3_moe": dict(
+        COMMON, intermediate_size=64, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, head_dim=8
+    ),
+    "bert": dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+    ),
 }
 DECODERS = ("llama", "mistral", "qwen2", "qwen3")
 MOES = ("mixtral", "qwen2_moe", "qwen3_moe")
@@ -47,8 +70,10 @@ def make_tiny(model_type: str, path: Path, seed: int = 0) -> Path:
     if model_type == "bert":
         model = AutoModel.from_config(config)
         config.architectures = ["BertModel"]
-        tokenizer_source, files = minilm_dir(), ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                                 "vocab.txt")
+        tokenizer_source, files = (
+            minilm_dir(),
+            ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),
+        )
     else:
         model = AutoModelForCausalLM.from_config(config)
         tokenizer_source, files = STORIES, LLM_TOKENIZER_FILES

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from compressor.data import builtin_documents, lm_blocks, load_corpus, read_documents, read_sts, sentences, split_holdout
+from compressor.data import (
+    builtin_documents,
+    lm_blocks,
+    load_corpus,
+    read_documents,
+    read_sts,
+    sentences,
+    split_holdout,
+)
 from compressor.errors import UserError
 from passes.base import load_tokenizer
 from tests.helpers import DATA, STORIES

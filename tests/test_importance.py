@@ -13,8 +13,11 @@ def test_block_influence_is_zero_for_identity_and_ignores_scale():
 
 def test_a_layer_that_passes_its_input_through_scores_zero(tiny_dirs):
     ir = ModelIR.load(tiny_dirs["llama"])
-    zeros = {n: torch.zeros_like(ir.weights[n]) for n in ir.weights
-             if n.startswith("model.layers.1.") and (n.endswith("o_proj.weight") or n.endswith("down_proj.weight"))}
+    zeros = {
+        n: torch.zeros_like(ir.weights[n])
+        for n in ir.weights
+        if n.startswith("model.layers.1.") and (n.endswith("o_proj.weight") or n.endswith("down_proj.weight"))
+    }
     model = ir.set_weights(zeros).materialize()
     batches = [{"input_ids": torch.randint(3, 512, (2, 16))}]
     scores = layer_block_influence(model, batches)

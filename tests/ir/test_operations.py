@@ -47,10 +47,14 @@ def test_full_slices_and_full_drop_are_identity(tiny_dirs, model_type, tmp_path)
     expected = outputs(ir.materialize(), inputs)
     same = ir.drop_layers(range(ir.num_layers))
     for kind in ir.adapter.sliceable_for(ir.config):
-        size = {"hidden": ir.config.hidden_size, "heads": ir.config.num_attention_heads,
-                "ffn": getattr(ir.config, ir.adapter.ffn_width_key(ir.config)) if kind == "ffn"
-                and hasattr(ir.adapter, "ffn_width_key") else ir.config.intermediate_size,
-                "experts": getattr(ir.config, "num_local_experts", getattr(ir.config, "num_experts", 0))}[kind]
+        size = {
+            "hidden": ir.config.hidden_size,
+            "heads": ir.config.num_attention_heads,
+            "ffn": getattr(ir.config, ir.adapter.ffn_width_key(ir.config))
+            if kind == "ffn" and hasattr(ir.adapter, "ffn_width_key")
+            else ir.config.intermediate_size,
+            "experts": getattr(ir.config, "num_local_experts", getattr(ir.config, "num_experts", 0)),
+        }[kind]
         same = same.slice_group(kind, list(range(size)))
     assert torch.equal(outputs(same.materialize(), inputs), expected)
 
@@ -113,8 +117,10 @@ def test_slice_experts_keeps_invariants_and_router_rows(tiny_dirs, model_type, t
 def test_replace_ffn_turns_moe_into_its_dense_counterpart(tiny_dirs, model_type, dense, tmp_path):
     ir = ModelIR.load(tiny_dirs[model_type])
     d = ir.config.hidden_size
-    ffns = {i: {"gate": torch.randn(40, d), "up": torch.randn(40, d), "down": torch.randn(d, 40)}
-            for i in range(ir.num_layers)}
+    ffns = {
+        i: {"gate": torch.randn(40, d), "up": torch.randn(40, d), "down": torch.randn(d, 40)}
+        for i in range(ir.num_layers)
+    }
     student = ir.replace_ffn(ffns)
     assert student.family == "llama" and student.config.model_type == dense
     assert student.config.intermediate_size == 40
@@ -129,10 +135,12 @@ def test_replace_ffn_on_a_dense_layer_changes_only_that_layer(tiny_dirs):
     ffn = {p: torch.zeros_like(ir.weights[f"{prefix}{p}_proj.weight"]) for p in ("gate", "up", "down")}
     student = ir.replace_ffn({1: ffn})
     assert torch.equal(student.weights[f"{prefix}down_proj.weight"], ffn["down"])
-    assert torch.equal(student.weights["model.layers.0.mlp.down_proj.weight"],
-                       ir.weights["model.layers.0.mlp.down_proj.weight"])
-    assert torch.equal(ir.weights[f"{prefix}down_proj.weight"],
-                       ModelIR.load(ir.source).weights[f"{prefix}down_proj.weight"])  # input IR untouched
+    assert torch.equal(
+        student.weights["model.layers.0.mlp.down_proj.weight"], ir.weights["model.layers.0.mlp.down_proj.weight"]
+    )
+    assert torch.equal(
+        ir.weights[f"{prefix}down_proj.weight"], ModelIR.load(ir.source).weights[f"{prefix}down_proj.weight"]
+    )  # input IR untouched
 
 
 def test_absorb_writes_trained_weights_back(tiny_dirs):

@@ -28,8 +28,14 @@ def regression_problem():
 
 def test_training_reduces_the_loss():
     model, data = regression_problem()
-    result = train(model, data, lambda m, b: (((m(b["input_ids"]) - b["y"]) ** 2).mean(), {}), steps=200, lr=0.05,
-                   show_progress=False)
+    result = train(
+        model,
+        data,
+        lambda m, b: (((m(b["input_ids"]) - b["y"]) ** 2).mean(), {}),
+        steps=200,
+        lr=0.05,
+        show_progress=False,
+    )
     assert result.last_loss < 0.05 * result.first_loss
     assert result.tokens == 200 * 64 * 4
 

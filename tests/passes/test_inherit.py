@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from compressor.data import load_corpus
+from compressor.errors import UserError
+from compressor.ir import ModelIR
+from passes.base import Budget, PassContext
+from passes.inherit import Inherit, InheritConfig, floor_indices, layers_for_budget, uniform_indices
+from targets import get_target
+from tests.helpers import DATA, STORIES
+
+
+def test_uniform_with_all_layers_is_the_identity_and_keeps_the_ends():
+    assert uniform_indices(6, 6) == list(range(6))
+    assert uniform_indices(6, 3) == [0, 2, 5] or uniform_indices(6, 3) == [0, 3, 5]
+    assert uniform_indices(5, 3) == [0, 2, 4]
+    assert floor_indices(6, 3) == [0, 2, 4]
+
+
+def test_layer_budgets():
+    ir = ModelIR.load(STORIES)
+    assert layers_for_budget(ir, Budget(layers=0.6)) == 3
+    with pytest.raises(UserError, match="fewer than one"):
+        layers_for_budget(ir, Budget(layers=0.05))
+    with pytest.raises(UserError, match="ratio in"):
+        layers_for_budget(ir, Budget(layers=0.0))
+    count = layers_for_budget(ir, Budget(params=0.7))
+    assert ir.drop_layers(range(count)).summary()["totals"]["params"] <= 0.7 * ir.summary()["totals"]["params"]
+    assert ir.drop_layers(range(count + 1)).summary()["totals"]["params"] > 0.7 * ir.summary()["totals"]["params"]
+
+
+def test_importance_drops_the_layer_that_does_nothing(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    dead = {
+        n: torch.zeros_like(ir.weights[n])
+        for n in ir.weights
+        if n.startswith("model.layers.1.") and n.endswith(("o_proj.weight", "down_proj.weight"))
+    }
+    teacher = ir.set_weights(dead).evolve(source=ir.source)
+    ctx = PassContext(
+        teacher=teacher,
+        target=get_target("cpu"),
+        corpus=load_corpus(str(DATA / "tinystories_dev.txt")),
+        budget=Budget(),
+        scratch=tmp_path,
+        artifacts=tmp_path,
+        show_progress=False,
+    )
+    student = Inherit(InheritConfig(strategy="importance", layers=2, calibration_batches=2)).run(teacher, ctx)
+    assert ctx.metrics["kept_layers"] == [0, 2]
+    assert ctx.metrics["block_influence"][1] < 1e-5
+    assert student.num_layers == 2

@@ -1,0 +1,50 @@
+import pytest
+
+from compressor.errors import UserError
+from compressor.recipe import build_passes, load_recipe, parse_assignments, parse_recipe
+
+
+def test_a_good_recipe_validates(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "target: edge\nbudget: {layers: 0.5}\npasses:\n  - inherit: {strategy: uniform}\n"
+        "  - distill: {steps: 10, lr: 0.001}\n  - export: {}\n"
+    )
+    recipe = load_recipe(path)
+    assert recipe.target == "edge" and recipe.budget_value().layers == 0.5
+    steps = build_passes(recipe.passes, "r.yaml")
+    assert [s.name for s in steps] == ["inherit", "distill", "export"]
+    assert steps[1].config.steps == 10
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"passes": [{"distill": {"stpes": 5}}]}, "passes[0].distill.stpes: unknown key"),
+        ({"passes": [{"inherit": {}}, {"distill": {"steps": "many"}}]}, "passes[1].distill.steps"),
+        ({"budegt": {"layers": 0.5}}, "budegt: unknown key"),
+        ({"budget": {"layers": 0}}, "budget.layers"),
+        ({"budget": {"layers": 0.5, "params": 0.5}}, "either layers or params"),
+        ({"target": "tpu"}, "target"),
+        ({"passes": [{"prune_everything": {}}]}, "unknown pass 'prune_everything'"),
+        ({"passes": [{"inherit": {}, "distill": {}}]}, "one-key mapping"),
+        ({"data": {"train": "x.txt", "evl": "y.txt"}}, "data.evl: unknown key"),
+    ],
+)
+def test_recipe_errors_name_the_key_path(raw, message):
+    with pytest.raises(UserError) as info:
+        parse_recipe(raw, "recipe.yaml")
+    assert message in str(info.value) and str(info.value).startswith("recipe.yaml: ")
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("passes: [inherit: {\n")
+    with pytest.raises(UserError, match="bad.yaml: not valid YAML"):
+        load_recipe(path)
+
+
+def test_set_assignments_are_typed():
+    assert parse_assignments(["steps=10", "lr=1e-3", "indices=[0, 2]"]) == {"steps": 10, "lr": 1e-3, "indices": [0, 2]}
+    with pytest.raises(UserError, match="key=value"):
+        parse_assignments(["steps"])

@@ -94,3 +94,22 @@ def outputs(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+def pass_context(teacher, tmp_path, target="cpu", corpus_file: str = "tinystories_dev.txt"):
+    """A PassContext for running one pass directly in a test (artifacts under tmp_path/artifacts)."""
+    from compressor.data import load_corpus
+    from passes.base import Budget, PassContext
+    from targets import get_target
+
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    return PassContext(
+        teacher=teacher,
+        target=get_target(target) if isinstance(target, str) else target,
+        corpus=load_corpus(str(DATA / corpus_file)),
+        budget=Budget(),
+        scratch=tmp_path,
+        artifacts=artifacts,
+        show_progress=False,
+    )

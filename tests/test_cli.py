@@ -196,7 +196,8 @@ def test_stories260k_student_is_a_validated_kv_cache_onnx(capsys, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["onnx"]["kv_cache_checked"] and report["onnx"]["passed"]
     assert report["onnx"]["task"] == "text-generation-with-past"
-    assert 1 < report["quality"]["teacher"]["perplexity"] < report["quality"]["student"]["perplexity"]
+    teacher_ppl, student_ppl = report["quality"]["teacher"]["perplexity"], report["quality"]["student"]["perplexity"]
+    assert student_ppl > teacher_ppl > 1  # 5 steps cannot recover what dropping 2 of 5 layers lost
 
 
 def test_default_run_compresses_the_packaged_minilm(capsys, tmp_path, monkeypatch):

@@ -5,26 +5,17 @@ from pathlib import Path
 
 import torch
 
-from compressor.data import load_corpus
 from compressor.ir import ModelIR
 from compressor.pipeline import PassCache, run_pipeline
-from passes.base import Budget, PassContext
+from passes.base import Budget
 from passes.distill import Distill, DistillConfig
 from passes.inherit import Inherit, InheritConfig
-from targets import get_target
-from tests.helpers import DATA
 
 
 def context(teacher, scratch):
-    return PassContext(
-        teacher=teacher,
-        target=get_target("cpu"),
-        corpus=load_corpus(str(DATA / "tinystories_dev.txt")),
-        budget=Budget(layers=0.67),
-        scratch=scratch,
-        artifacts=scratch,
-        show_progress=False,
-    )
+    ctx = pass_context(teacher, scratch)
+    ctx.budget = Budget(layers=0.67)
+    return ctx
 
 
 def steps(distill_steps=3):

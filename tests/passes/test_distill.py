@@ -1,23 +1,12 @@
 import torch
 
-from compressor.data import load_corpus
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext
 from passes.distill import Distill, DistillConfig
-from targets import get_target
-from tests.helpers import DATA
+from tests.helpers import pass_context
 
 
 def run_distill(teacher, tmp_path, **config):
-    ctx = PassContext(
-        teacher=teacher,
-        target=get_target("cpu"),
-        corpus=load_corpus(str(DATA / "tinystories_dev.txt")),
-        budget=Budget(),
-        scratch=tmp_path,
-        artifacts=tmp_path,
-        show_progress=False,
-    )
+    ctx = pass_context(teacher, tmp_path)
     student = teacher.drop_layers([0, 2])
     trained = Distill(DistillConfig(**config)).run(student, ctx)
     return student, trained, ctx.metrics

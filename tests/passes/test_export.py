@@ -2,27 +2,15 @@ import dataclasses
 
 import pytest
 
-from compressor.data import load_corpus
 from compressor.errors import GateError, UserError
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext
 from passes.export import Export, ExportConfig
 from targets import get_target
-from tests.helpers import DATA, DECODERS
+from tests.helpers import DECODERS, pass_context
 
 
 def context(ir, tmp_path, target="cpu"):
-    target_obj = target if not isinstance(target, str) else get_target(target)
-    (tmp_path / "artifacts").mkdir(exist_ok=True)
-    return PassContext(
-        teacher=ir,
-        target=target_obj,
-        corpus=load_corpus(str(DATA / "tinystories_dev.txt")),
-        budget=Budget(),
-        scratch=tmp_path,
-        artifacts=tmp_path / "artifacts",
-        show_progress=False,
-    )
+    return pass_context(ir, tmp_path, target)
 
 
 @pytest.mark.parametrize("model_type", DECODERS + ("bert",))

@@ -1,13 +1,11 @@
 import pytest
 import torch
 
-from compressor.data import load_corpus
 from compressor.errors import UserError
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext
+from passes.base import Budget
 from passes.inherit import Inherit, InheritConfig, floor_indices, layers_for_budget, uniform_indices
-from targets import get_target
-from tests.helpers import DATA, STORIES
+from tests.helpers import STORIES, pass_context
 
 
 def test_uniform_with_all_layers_is_the_identity_and_keeps_the_ends():
@@ -37,15 +35,7 @@ def test_importance_drops_the_layer_that_does_nothing(tiny_dirs, tmp_path):
         if n.startswith("model.layers.1.") and n.endswith(("o_proj.weight", "down_proj.weight"))
     }
     teacher = ir.set_weights(dead).evolve(source=ir.source)
-    ctx = PassContext(
-        teacher=teacher,
-        target=get_target("cpu"),
-        corpus=load_corpus(str(DATA / "tinystories_dev.txt")),
-        budget=Budget(),
-        scratch=tmp_path,
-        artifacts=tmp_path,
-        show_progress=False,
-    )
+    ctx = pass_context(teacher, tmp_path)
     student = Inherit(InheritConfig(strategy="importance", layers=2, calibration_batches=2)).run(teacher, ctx)
     assert ctx.metrics["kept_layers"] == [0, 2]
     assert ctx.metrics["block_influence"][1] < 1e-5

@@ -10,6 +10,7 @@ from compressor.pipeline import PassCache, run_pipeline
 from passes.base import Budget
 from passes.distill import Distill, DistillConfig
 from passes.inherit import Inherit, InheritConfig
+from tests.helpers import pass_context
 
 
 def context(teacher, scratch):

@@ -1,4 +1,4 @@
-"""edge: small arm64 devices; smallest size, one thread, int8."""
+"""edge: small arm64 devices; smallest size, one thread, int8 (arm64 style: full range, per channel)."""
 
 from targets.base import Target
 
@@ -11,4 +11,7 @@ EDGE = Target(
     graph_optimization="ORT_ENABLE_ALL",
     intra_op_threads=1,
     default_budget=0.34,
+    quant_per_channel=True,
+    quant_reduce_range=False,
+    throughput_batch=16,
 )

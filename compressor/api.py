@@ -25,7 +25,7 @@ from compressor.ir import ModelIR
 from compressor.kd.train import resolve_device
 from compressor.pipeline import PassCache, run_pipeline
 from compressor.recipe import Recipe, build_passes, default_passes, load_recipe, parse_assignments, parse_recipe
-from compressor.report import build_report, write_report
+from compressor.report import bench_section, build_report, markdown, model_card, plot_bench, write_report
 from passes import get_pass
 from passes.base import Budget, PassContext
 from passes.inherit import layers_for_budget
@@ -206,12 +206,22 @@ def compress_model(request: ModelRequest) -> dict:
             "sts": recipe.data.sts,
         }
         write_report(report, tmp, records)
+        write_model_cards(report, tmp, recipe)
     if gates and not gates["passed"]:
         raise GateError(
             f"quality gate failed: retention {quality['retention']} < "
             f"{recipe.gates.min_quality_retention} (outputs kept in {out})"
         )
     return report
+
+
+def write_model_cards(report: dict, out: Path, recipe: Recipe) -> None:
+    import yaml
+
+    recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    for kind, folder in (("student", out / "student"), ("onnx", out / "onnx")):
+        if folder.is_dir():
+            (folder / "README.md").write_text(model_card(report, kind, recipe_yaml))
 
 
 def check_gates(recipe: Recipe, quality: dict) -> dict:
@@ -323,3 +333,134 @@ def evaluate_models(
 
 def inspect_model(path: str) -> dict:
     return ModelIR.load(path).summary()
+
+
+def export_onnx(ir: ModelIR, target, quantize: str, scratch: Path, show_progress: bool) -> Path:
+    """The ONNX folder of `ir` for `target` through the export pass (and its cache)."""
+    from passes.export import Export, ExportConfig
+
+    step = Export(ExportConfig(quantize=quantize))
+    ctx = PassContext(
+        teacher=ir,
+        target=target,
+        corpus=load_corpus(BUILTIN),
+        budget=Budget(),
+        scratch=scratch,
+        artifacts=scratch,
+        show_progress=show_progress,
+    )
+    collected = scratch / f"collected-{uuid.uuid4().hex[:6]}"
+    run_pipeline(ir, [step], ctx, collected, PassCache(default_cache_dir()))
+    return collected / "onnx"
+
+
+def bench(
+    teacher: str,
+    student: str,
+    target: str = "cpu",
+    out: str | None = None,
+    runs: int = 20,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """`compress bench`: teacher (PyTorch eager, ONNX) against student (ONNX fp32 and quantized), side by side.
+
+    STUDENT is a `compress model` output folder (its report gains a "bench" section, REPORT.md a chart) or a
+    plain model folder (then `--out` receives bench.json, BENCH.md and the chart).
+    """
+    import torch
+
+    from compressor.onnx_bench import measure_torch
+
+    target_obj = get_target(target)
+    run_dir = Path(student)
+    is_run = (run_dir / "report.json").exists() and (run_dir / "student").is_dir() and (run_dir / "onnx").is_dir()
+    teacher_ir = ModelIR.load(teacher)
+    student_ir = ModelIR.load(run_dir / "student" if is_run else run_dir)
+    if teacher_ir.task != student_ir.task:
+        raise UserError(
+            f"{student}: a {student_ir.task} student cannot be benchmarked against a {teacher_ir.task} teacher"
+        )
+    if not is_run and not out:
+        raise UserError(f"{student}: not a `compress model` output folder; pass --out for the benchmark results")
+    if out:
+        check_output(Path(out), overwrite)
+    causal = teacher_ir.task == "causal-lm"
+    vocab = int(teacher_ir.config.vocab_size)
+    available, why = target_obj.hardware()
+    with tempfile.TemporaryDirectory(prefix="compressor-bench-") as scratch:
+        scratch_path = Path(scratch)
+        teacher_onnx = export_onnx(teacher_ir, target_obj, "none", scratch_path / "t", show_progress)
+        student_onnx = (
+            run_dir / "onnx"
+            if is_run
+            else export_onnx(student_ir, target_obj, "target", scratch_path / "s", show_progress)
+        )
+        variants: dict[str, dict] = {}
+        if available:
+            device = "cuda" if target_obj.name == "gpu" else "cpu"
+            model = teacher_ir.materialize(device, torch.float16 if device == "cuda" else None)
+            variants["teacher_pytorch"] = {
+                "measured": True,
+                "device": device,
+                **measure_torch(model, causal, vocab, target_obj.latency_seq, target_obj.throughput_batch, runs=runs),
+            }
+        else:
+            variants["teacher_pytorch"] = {"measured": False, "reason": why}
+        files = {"teacher_onnx": teacher_onnx / "model.onnx", "student_onnx_fp32": student_onnx / "model.onnx"}
+        for name in ("model_int8.onnx", "model_fp16.onnx"):
+            if (student_onnx / name).exists():
+                files[f"student_onnx_{name[6:-5]}"] = student_onnx / name
+        for name, file in files.items():
+            variants[name] = {**target_obj.measure(file, causal, vocab, runs), "bytes": file.stat().st_size}
+    result = summarize_bench(variants, teacher_ir, student_ir, target_obj, runs)
+    destination = run_dir if (is_run and not out) else Path(out)
+    write_bench(result, destination, is_run and not out, overwrite)
+    return result
+
+
+def summarize_bench(variants: dict, teacher_ir: ModelIR, student_ir: ModelIR, target, runs: int) -> dict:
+    flops_ratio = teacher_ir.summary()["totals"]["flops_per_token"] / student_ir.summary()["totals"]["flops_per_token"]
+    reference = variants["teacher_onnx"]
+    result = {
+        "target": target.name,
+        "seq": target.latency_seq,
+        "throughput_batch": target.throughput_batch,
+        "runs": runs,
+        "flops_ratio": round(flops_ratio, 4),
+        "variants": variants,
+    }
+    if reference.get("measured"):
+        base = reference["latency"]["p50_ms"]
+        for v in variants.values():
+            if v.get("measured"):
+                v["speedup"] = round(base / v["latency"]["p50_ms"], 3)
+        result["speedup_fp32"] = variants["student_onnx_fp32"].get("speedup")
+        result["speedup_over_flops_ratio"] = round(result["speedup_fp32"] / flops_ratio, 3)
+        result["ideal_student_ms"] = round(base / flops_ratio, 3)
+        for kind in ("int8", "fp16"):
+            if f"student_onnx_{kind}" in variants:
+                result[f"speedup_{kind}"] = variants[f"student_onnx_{kind}"].get("speedup")
+    else:
+        result["note"] = f"not measured: {reference.get('reason')}"
+    return result
+
+
+def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool) -> None:
+    if into_run:
+        report = json.loads((destination / "report.json").read_text())
+        result["plot"] = plot_bench(result, destination / "plots")
+        report["bench"] = result
+        write_atomically(destination / "report.json", json.dumps(report, indent=2, default=str))
+        write_atomically(destination / "REPORT.md", markdown(report, report.get("plots", [])))
+        return
+    with atomic_output(destination, overwrite) as tmp:
+        result["plot"] = plot_bench(result, tmp / "plots")
+        (tmp / "bench.json").write_text(json.dumps(result, indent=2, default=str))
+        (tmp / "BENCH.md").write_text("\n".join(["# Benchmark", "", *bench_section(result)]))
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
+    tmp.write_text(text)
+    tmp.replace(path)

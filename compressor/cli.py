@@ -201,6 +201,22 @@ def evaluate(
     print(json.dumps(evaluate_models(student, teacher, data, sts, device), indent=2))
 
 
+@app.command()
+def bench(
+    teacher: Annotated[str, typer.Argument(help="teacher model directory")],
+    student: Annotated[str, typer.Argument(help="`compress model` output folder, or a student model directory")],
+    target: Target = "cpu",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="results folder (needed for a plain student)")] = None,
+    runs: Annotated[int, typer.Option(min=3, help="timed runs per figure")] = 20,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Teacher (PyTorch eager, ONNX) vs student (ONNX fp32, quantized): latency, throughput, FLOPs ratio."""
+    from compressor.api import bench as api_bench
+
+    print(json.dumps(api_bench(teacher, student, target, out, runs, overwrite, not quiet), indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps errors to exit codes with one clear line on stderr."""
     command = typer.main.get_command(app)

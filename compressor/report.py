@@ -1,4 +1,5 @@
-"""report.json and REPORT.md: what was gained (size, FLOPs) and what was lost (quality), per pass, measured."""
+"""report.json, REPORT.md, plots and model cards: what was gained (size, FLOPs, speed) and what was lost
+(quality), per pass, measured."""
 
 from __future__ import annotations
 
@@ -10,6 +11,17 @@ from pathlib import Path
 import compressor
 
 PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "accelerate", "peft")
+VALIDATION_FIGURES = (
+    "max_abs_diff",
+    "mean_abs_diff",
+    "max_abs_diff_kv_cache_step",
+    "top1_agreement",
+    "min_embedding_cosine",
+    "generation_identical",
+    "generation_ties",
+    "tolerance",
+    "onnx_bytes",
+)
 
 
 def versions() -> dict[str, str]:
@@ -38,6 +50,9 @@ def build_report(
 ) -> dict:
     t, s = teacher_summary["totals"], student_summary["totals"]
     export = next((r for r in records if r.name == "export"), None)
+    deployment = None
+    if export:
+        deployment = {k: export.metrics.get(k) for k in ("optimization", "quantization", "deploy_file")}
     return {
         "teacher": {"path": teacher_path, **t},
         "student": s,
@@ -49,6 +64,7 @@ def build_report(
         },
         "quality": quality,
         "onnx": export.metrics.get("validation") if export else None,
+        "deployment": deployment,
         "target": target,
         "passes": [
             {
@@ -69,6 +85,15 @@ def build_report(
     }
 
 
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_losses(records, plots_dir: Path) -> list[str]:
     """One PNG per training pass's loss curve; returns the files written (relative to the output dir)."""
     written = []
@@ -76,18 +101,12 @@ def plot_losses(records, plots_dir: Path) -> list[str]:
         curve = record.metrics.get("loss_curve")
         if not curve:
             continue
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         stride = record.metrics.get("loss_curve_stride", 1)
         plots_dir.mkdir(parents=True, exist_ok=True)
         figure, axis = plt.subplots(figsize=(6, 3.2))
         axis.plot([i * stride for i in range(len(curve))], curve)
-        axis.set_xlabel("step")
-        axis.set_ylabel("loss")
-        axis.set_title(f"{record.name} loss")
+        axis.set(xlabel="step", ylabel="loss", title=f"{record.name} loss")
         axis.grid(alpha=0.3)
         figure.tight_layout()
         name = f"{record.name}_loss.png"
@@ -97,12 +116,36 @@ def plot_losses(records, plots_dir: Path) -> list[str]:
     return written
 
 
+def plot_bench(bench: dict, plots_dir: Path) -> str | None:
+    """Bar chart of batch-1 latency p50 per variant, with the FLOPs-ideal student latency as a reference line."""
+    rows = [(name, v["latency"]["p50_ms"]) for name, v in bench["variants"].items() if v.get("measured")]
+    if not rows:
+        return None
+    plt = pyplot()
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(6.5, 3.4))
+    axis.bar([r[0] for r in rows], [r[1] for r in rows], color=["#888", "#555", "#2a7", "#185"][: len(rows)])
+    ideal = bench.get("ideal_student_ms")
+    if ideal:
+        axis.axhline(ideal, linestyle="--", color="#c33", label="teacher ONNX ÷ FLOPs ratio (ideal student)")
+        axis.legend()
+    axis.set(ylabel=f"latency p50, ms (batch 1, seq {bench['seq']})", title=f"{bench['target']} target")
+    figure.tight_layout()
+    figure.savefig(plots_dir / "bench.png", dpi=110)
+    plt.close(figure)
+    return "plots/bench.png"
+
+
 def human(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
             return f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.3g}P"
+
+
+def cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def markdown(report: dict, plots: list[str]) -> str:
@@ -125,37 +168,15 @@ def markdown(report: dict, plots: list[str]) -> str:
         "",
         "## What was lost",
         "",
+        "| metric | teacher | student |",
+        "|---|---|---|",
     ]
     q = report["quality"]
-    lines += ["| metric | teacher | student |", "|---|---|---|"]
     for key in sorted(set(q["teacher"]) | set(q["student"])):
         lines.append(f"| {key} | {q['teacher'].get(key, '—')} | {q['student'].get(key, '—')} |")
     lines += ["", f"Quality retention ({q['metric']}): **{q['retention']}**", ""]
-    onnx = report.get("onnx")
-    if onnx:
-        lines += [
-            "## ONNX validation",
-            "",
-            f"Task `{onnx['task']}`, dtype {onnx['dtype']}, providers {', '.join(onnx['providers'])}: "
-            f"**{'passed' if onnx['passed'] else 'FAILED'}**",
-            "",
-            "| figure | value |",
-            "|---|---|",
-        ]
-        for key in (
-            "max_abs_diff",
-            "mean_abs_diff",
-            "max_abs_diff_kv_cache_step",
-            "top1_agreement",
-            "min_embedding_cosine",
-            "tolerance",
-            "onnx_bytes",
-        ):
-            if key in onnx:
-                lines.append(
-                    f"| {key} | {onnx[key]:.6g} |" if isinstance(onnx[key], float) else f"| {key} | {onnx[key]} |"
-                )
-        lines += [f"- {note}" for note in onnx.get("notes", [])] + [""]
+    lines += onnx_section(report)
+    lines += bench_section(report.get("bench"))
     lines += ["## Passes", "", "| pass | seconds | cached | key metrics |", "|---|---|---|---|"]
     for p in report["passes"]:
         shown = {
@@ -167,7 +188,7 @@ def markdown(report: dict, plots: list[str]) -> str:
             f"| {p['name']} | {p['seconds']} | {'yes' if p['cached'] else 'no'} | "
             f"{', '.join(f'{k}={v}' for k, v in shown.items())} |"
         )
-    lines += [""] + [f"![loss]({plot})" for plot in plots]
+    lines += [""] + [f"![plot]({plot})" for plot in plots if "loss" in plot]
     target = report["target"]
     if not target.get("hardware_available", True):
         lines += ["", f"**Not measured on target hardware:** {target['hardware_note']}."]
@@ -179,6 +200,142 @@ def markdown(report: dict, plots: list[str]) -> str:
         + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
         "",
     ]
+    return "\n".join(lines)
+
+
+def onnx_section(report: dict) -> list[str]:
+    onnx = report.get("onnx")
+    if not onnx:
+        return []
+    lines = [
+        "## ONNX validation",
+        "",
+        f"Task `{onnx['task']}`, dtype {onnx['dtype']}, providers {', '.join(onnx['providers'])}: "
+        f"**{'passed' if onnx['passed'] else 'FAILED'}**",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {cell(onnx[key])} |" for key in VALIDATION_FIGURES if key in onnx]
+    lines += [f"- {note}" for note in onnx.get("notes", [])] + [""]
+    deployment = report.get("deployment") or {}
+    optimization, quantization = deployment.get("optimization") or {}, deployment.get("quantization") or {}
+    lines += ["## Deployment", "", f"Deploy file: `onnx/{deployment.get('deploy_file', 'model.onnx')}`.", ""]
+    if optimization.get("applied"):
+        lines.append(f"- Graph optimization: {optimization['optimizer']}.")
+    elif optimization:
+        lines.append(f"- Graph optimization not applied: {optimization.get('reason', 'disabled')}.")
+    if quantization.get("kind", "none") != "none":
+        state = "kept" if quantization.get("passed") else "dropped"
+        detail = quantization.get("gate") or quantization.get("reason", "")
+        lines.append(f"- {quantization['kind']} model {state}: {detail}.")
+        if quantization.get("reason"):
+            lines.append(f"- {quantization['reason']}.")
+    return lines + [""]
+
+
+def bench_section(bench: dict | None) -> list[str]:
+    if not bench:
+        return []
+    lines = [
+        "## Speed",
+        "",
+        f"Batch 1, sequence {bench['seq']}, target {bench['target']} ({bench['note']})."
+        if bench.get("note")
+        else f"Batch 1, sequence {bench['seq']}, target {bench['target']}.",
+        "",
+        "| variant | p50 ms | p90 ms | throughput seq/s | size | speedup vs teacher ONNX |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in bench["variants"].items():
+        if not v.get("measured"):
+            lines.append(f"| {name} | not measured: {v.get('reason')} | | | | |")
+            continue
+        lines.append(
+            f"| {name} | {v['latency']['p50_ms']} | {v['latency']['p90_ms']} | {v['throughput_seq_per_s']} "
+            f"| {human(v['bytes']) + 'B' if v.get('bytes') else '—'} | {v.get('speedup', '—')} |"
+        )
+    lines += [
+        "",
+        f"FLOPs ratio (teacher/student): **{bench['flops_ratio']}**; measured fp32 speedup "
+        f"**{bench.get('speedup_fp32')}** ({bench.get('speedup_over_flops_ratio')} of the FLOPs ratio)"
+        + (f"; int8 speedup **{bench['speedup_int8']}**" if bench.get("speedup_int8") else "")
+        + ".",
+        "",
+    ]
+    if bench.get("plot"):
+        lines += [f"![speed]({bench['plot']})", ""]
+    return lines
+
+
+def model_card(report: dict, kind: str, recipe_yaml: str) -> str:
+    """README.md for OUT/student (kind='student') or OUT/onnx (kind='onnx'): what it is and how to load it."""
+    t, s, q = report["teacher"], report["student"], report["quality"]
+    causal = s["family"] != "bert"
+    deploy = (report.get("deployment") or {}).get("deploy_file") or "model.onnx"
+    lines = [
+        f"# Compressed {s['model_type']} student ({'ONNX' if kind == 'onnx' else 'PyTorch'})",
+        "",
+        f"Distilled and compressed by Compressor {report['versions']['compressor']} from `{t['path']}` "
+        f"({t['layers']} → {s['layers']} layers, {human(t['params'])} → {human(s['params'])} parameters, "
+        f"FLOPs/token ratio {report['ratios']['flops_per_token']}) for the **{report['target']['name']}** target.",
+        "",
+        "## Quality against the teacher",
+        "",
+        "| metric | teacher | student |",
+        "|---|---|---|",
+    ]
+    for key in sorted(set(q["teacher"]) | set(q["student"])):
+        lines.append(f"| {key} | {q['teacher'].get(key, '—')} | {q['student'].get(key, '—')} |")
+    onnx = report.get("onnx") or {}
+    if onnx:
+        lines += [
+            "",
+            f"ONNX validation against PyTorch: max abs diff {cell(onnx.get('max_abs_diff'))}"
+            + (f", top-1 agreement {cell(onnx['top1_agreement'])}" if "top1_agreement" in onnx else "")
+            + (
+                f", greedy generation identical {onnx['generation_identical']}"
+                if "generation_identical" in onnx
+                else ""
+            )
+            + ".",
+        ]
+    lines += ["", "## How to load", ""]
+    if kind == "student":
+        cls = "AutoModelForCausalLM" if causal else "AutoModel"
+        lines += [
+            "```python",
+            f"from transformers import AutoTokenizer, {cls}",
+            'tokenizer = AutoTokenizer.from_pretrained("student")',
+            f'model = {cls}.from_pretrained("student")',
+            "```",
+        ]
+    else:
+        ort_cls = "ORTModelForCausalLM" if causal else "ORTModelForFeatureExtraction"
+        lines += [
+            "Optimum:",
+            "",
+            "```python",
+            f"from optimum.onnxruntime import {ort_cls}",
+            "from transformers import AutoTokenizer",
+            'tokenizer = AutoTokenizer.from_pretrained("onnx")',
+            f'model = {ort_cls}.from_pretrained("onnx", file_name="{deploy}")',
+            "```",
+            "",
+            "Plain ONNX Runtime:",
+            "",
+            "```python",
+            "import onnxruntime as ort",
+            f'session = ort.InferenceSession("onnx/{deploy}", providers=["CPUExecutionProvider"])',
+            "```",
+        ]
+        if causal:
+            lines += [
+                "",
+                "Inputs: `input_ids`, `attention_mask`, `position_ids` and `past_key_values.{i}.key/value` "
+                "(zero-length on the first step); outputs `logits` and `present.{i}.key/value`.",
+            ]
+    lines += ["", "## Recipe", "", "```yaml", recipe_yaml.strip(), "```", ""]
     return "\n".join(lines)
 
 

@@ -103,7 +103,7 @@ def pass_context(teacher, tmp_path, target="cpu", corpus_file: str = "tinystorie
     from targets import get_target
 
     artifacts = tmp_path / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
     return PassContext(
         teacher=teacher,
         target=get_target(target) if isinstance(target, str) else target,

@@ -141,6 +141,8 @@ def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
     AutoModelForCausalLM.from_pretrained(out / "student")
     lineage = json.loads((out / "student" / "compressor.json").read_text())["lineage"]
     assert [p["pass"] for p in lineage["passes"]] == ["inherit", "distill"]
+    assert "AutoModelForCausalLM.from_pretrained" in (out / "student" / "README.md").read_text()
+    assert "ORTModelForCausalLM" in (out / "onnx" / "README.md").read_text()
 
     code, _, err = run(capsys, *args, "--overwrite")
     assert code == 0, err
@@ -211,3 +213,22 @@ def test_default_run_compresses_the_packaged_minilm(capsys, tmp_path, monkeypatc
     assert 0 < report["quality"]["student"]["embedding_cosine"] <= 1
     assert "sts_spearman" in report["quality"]["teacher"]
     AutoModel.from_pretrained(out / "student")
+
+
+def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "model", tiny_dirs["bert"], "--budget", "0.67", "--steps", "2", "--out", out, "--quiet")
+    assert code == 0, err
+    code, printed, err = run(capsys, "bench", tiny_dirs["bert"], out, "--runs", "3", "--quiet")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    bench = report["bench"]
+    assert bench["flops_ratio"] == round(report["teacher"]["flops_per_token"] / report["student"]["flops_per_token"], 4)
+    assert {"teacher_pytorch", "teacher_onnx", "student_onnx_fp32"} <= set(bench["variants"])
+    assert bench["variants"]["teacher_onnx"]["speedup"] == 1.0
+    assert "## Speed" in (out / "REPORT.md").read_text() and (out / "plots" / "bench.png").exists()
+
+
+def test_bench_of_a_plain_student_needs_an_out_folder(capsys, tiny_dirs):
+    code, _, err = run(capsys, "bench", tiny_dirs["llama"], tiny_dirs["mistral"])
+    assert_bad_input(code, err, "pass --out")

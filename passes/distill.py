@@ -1,7 +1,8 @@
 """`distill`: distillation fine-tuning of the student against the frozen teacher.
 
-Causal LMs: (1−α)·CE + α·τ²·KL(p_T^τ ‖ q_S^τ) on next-token logits (ALGORITHMS §7.1). Encoders: cosine on
-mean-pooled sentence embeddings plus MSE on last hidden states. The losses are pure functions in
+Causal LMs: (1−α)·CE + α·D(p_T ‖ q_S) on next-token logits, D any divergence of ALGORITHMS §7 (forward,
+reverse, skew and skew-reverse KL, generalized JSD, TVD, TAID), with an optional DTS temperature schedule.
+Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden states. The losses are pure functions in
 `compressor.kd.losses`; the loop (AdamW, warmup + cosine, autocast on GPU) is `compressor.kd.train`.
 """
 
@@ -16,7 +17,9 @@ from pydantic import Field
 from compressor.data import batches, encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.ir import ModelIR
-from compressor.kd.losses import encoder_kd_loss, lm_kd_loss
+from compressor.kd.losses import encoder_kd_loss
+from compressor.kd.objective import LMObjective
+from compressor.kd.schedules import DTSState, TAIDState
 from compressor.kd.train import train
 from passes.base import Pass, PassConfig, PassContext, register
 
@@ -28,7 +31,17 @@ class DistillConfig(PassConfig):
     seq_len: int = Field(default=128, ge=8, description="tokens per block (LM) or max sentence length (encoder)")
     alpha: float = Field(default=0.5, ge=0, le=1, description="KD weight; CE gets 1 − alpha (causal LMs)")
     temperature: float = Field(default=1.0, gt=0)
-    loss: Literal["fkl"] = "fkl"
+    loss: Literal["fkl", "rkl", "skew_kl", "skew_rkl", "jsd", "tvd", "taid"] = "fkl"
+    skew_alpha: float = Field(default=0.1, ge=0, le=1, description="skew_kl / skew_rkl mixing (DistiLLM)")
+    jsd_beta: float = Field(default=0.5, ge=0, le=1, description="generalized JSD β (GKD)")
+    taid_t_start: float = Field(default=0.4, ge=0, le=1)
+    taid_t_end: float = Field(default=1.0, ge=0, le=1)
+    taid_alpha: float = Field(default=5e-4, ge=0)
+    taid_beta: float = Field(default=0.99, ge=0, lt=1)
+    temperature_schedule: Literal["constant", "dts"] = "constant"
+    dts_initial: float = Field(default=4.0, gt=0)
+    dts_min: float = Field(default=1.0, gt=0)
+    chunk_size: int = Field(default=1024, ge=1, description="tokens per chunk of the logit loss (memory)")
     cosine_weight: float = Field(default=1.0, ge=0)
     mse_weight: float = Field(default=1.0, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -94,14 +107,27 @@ class Distill(Pass):
             for index in batches(len(blocks), batch_size, ctx.seed):
                 yield {"input_ids": blocks[index]}
 
+        objective = self.objective()
+        step = iter(range(1 << 62))
+
         def loss_fn(model, batch):
             ids = batch["input_ids"]
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids).logits[:, :-1]
             student_logits = model(input_ids=ids).logits[:, :-1]
-            return lm_kd_loss(student_logits, teacher_logits, ids[:, 1:], cfg.alpha, cfg.temperature)
+            return objective(student_logits, teacher_logits, ids[:, 1:], next(step), cfg.steps)
 
         return data(), loss_fn
+
+    def objective(self) -> LMObjective:
+        cfg: DistillConfig = self.config
+        taid = (
+            TAIDState(cfg.taid_t_start, cfg.taid_t_end, cfg.taid_alpha, cfg.taid_beta) if cfg.loss == "taid" else None
+        )
+        dts = DTSState(cfg.dts_initial, cfg.dts_min) if cfg.temperature_schedule == "dts" else None
+        return LMObjective(
+            cfg.loss, cfg.alpha, cfg.temperature, cfg.skew_alpha, cfg.jsd_beta, cfg.chunk_size, taid, dts
+        )
 
     def encoder_setup(self, ctx: PassContext, teacher) -> tuple[Iterator[dict], object]:
         cfg: DistillConfig = self.config

@@ -40,32 +40,14 @@ def forward_kl(
     with respect to z_S is τ·(q^τ − p^τ) per token (divided by the token count). Positions where the teacher
     logit is -inf contribute 0 rather than NaN.
     """
-    student_logits, teacher_logits = common_vocab(student_logits, teacher_logits)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    p = log_p.exp()
-    per_vocab = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
-    return temperature**2 * masked_mean(per_vocab.sum(-1), mask)
+    from compressor.kd.divergences import token_divergence
+
+    return token_divergence("fkl", student_logits, teacher_logits, mask, temperature)
 
 
 def lm_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy over valid labels (labels already aligned with logits)."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-
-
-def lm_kd_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    alpha: float = 0.5,
-    temperature: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(1−α)·CE + α·KD, the standard mix (ALGORITHMS §7.1); returns the loss and its parts for logging."""
-    mask = labels != IGNORE_INDEX
-    kd = forward_kl(student_logits, teacher_logits, mask, temperature)
-    ce = lm_cross_entropy(student_logits, labels) if alpha < 1 else kd.new_zeros(())
-    loss = (1 - alpha) * ce + alpha * kd
-    return loss, {"ce": float(ce), "kd": float(kd)}
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

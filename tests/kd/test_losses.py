@@ -10,9 +10,9 @@ from compressor.kd.losses import (
     forward_kl,
     hidden_mse,
     lm_cross_entropy,
-    lm_kd_loss,
     mean_pool,
 )
+from compressor.kd.objective import LMObjective
 
 
 def logits(seed, shape=(2, 5, 11)):
@@ -66,14 +66,20 @@ def test_minus_infinity_teacher_logits_give_no_nan():
     assert torch.isfinite(value)
 
 
-def test_lm_kd_loss_endpoints():
+def test_objective_endpoints_and_schedule_state():
     z_s, z_t = logits(11), logits(12)
     labels = torch.randint(0, 11, (2, 5))
     labels[0, 0] = -100
-    ce_only, _ = lm_kd_loss(z_s, z_t, labels, alpha=0.0)
+    ce_only, _ = LMObjective("fkl", alpha=0.0)(z_s, z_t, labels, 0, 10)
     assert torch.allclose(ce_only, lm_cross_entropy(z_s, labels))
-    kd_only, _ = lm_kd_loss(z_s, z_t, labels, alpha=1.0)
+    kd_only, _ = LMObjective("fkl", alpha=1.0)(z_s, z_t, labels, 0, 10)
     assert torch.allclose(kd_only, forward_kl(z_s, z_t, labels != -100))
+    taid = LMObjective("taid", alpha=1.0)
+    for step in range(5):
+        _, parts = taid(z_s, z_t, labels, step, 5)
+    restored = LMObjective("taid", alpha=1.0)
+    restored.load_state_dict(taid.state_dict())
+    assert restored.taid == taid.taid and restored.taid.t > 0.4
 
 
 def test_cosine_loss_zero_at_equality_and_scale_invariant():

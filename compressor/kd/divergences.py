@@ -1,0 +1,130 @@
+"""Token-level divergences between a teacher distribution p and a student distribution q (ALGORITHMS.md §7).
+
+Every function takes fp32 log-probabilities [N, V] of N valid tokens and returns one value per token.
+All are in KL form where the paper allows (zero exactly when p = q), and a term whose probability is 0
+(a -inf logit: vocabulary padding) contributes 0 instead of NaN. `token_divergence` is the entry point:
+it drops masked tokens, cuts padded vocabularies to the common size, applies the temperature (τ² scaling)
+and computes in chunks of tokens under activation checkpointing, so no divergence keeps more than one
+chunk of float32 [chunk, V] intermediates alive for the backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+DivergenceFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def xlogy_ratio(prob: torch.Tensor, log_prob: torch.Tensor, log_other: torch.Tensor) -> torch.Tensor:
+    """Σ_v prob·(log_prob − log_other), with 0·anything = 0 (so -inf padding never makes NaN)."""
+    terms = prob * (log_prob - log_other)
+    return torch.where(prob > 0, terms, torch.zeros_like(terms)).sum(-1)
+
+
+def log_mixture(log_a: torch.Tensor, log_b: torch.Tensor, weight_a: float) -> torch.Tensor:
+    """log(w·a + (1−w)·b) computed stably with logsumexp."""
+    if weight_a <= 0:
+        return log_b
+    if weight_a >= 1:
+        return log_a
+    return torch.logaddexp(log_a + math.log(weight_a), log_b + math.log(1 - weight_a))
+
+
+def forward_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(p‖q) = Σ p (log p − log q) (§7.1)."""
+    return xlogy_ratio(log_p.exp(), log_p, log_q)
+
+
+def reverse_kl(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """KL(q‖p) = Σ q (log q − log p), the token-level MiniLLM form; gradients flow through both q's (§7.2)."""
+    return xlogy_ratio(log_q.exp(), log_q, log_p)
+
+
+def skew_kl(log_q: torch.Tensor, log_p: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """KL(p ‖ αp + (1−α)q) (DistiLLM SKL, §7.3, in KL form): α=0 is forward KL, α=1 is identically 0."""
+    return xlogy_ratio(log_p.exp(), log_p, log_mixture(log_p, log_q, alpha))
+
+
+def skew_reverse_kl(log_q: torch.Tensor, log_p: torch.Tensor, alpha: float = 0.1) -> torch.Tensor:
+    """KL(q ‖ (1−α)p + αq) (DistiLLM SRKL, §7.3): α=0 is reverse KL, α=1 is identically 0."""
+    return xlogy_ratio(log_q.exp(), log_q, log_mixture(log_q, log_p, alpha))
+
+
+def generalized_jsd(log_q: torch.Tensor, log_p: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """JSD(β) = β·KL(p‖M) + (1−β)·KL(q‖M), M = βp + (1−β)q (GKD, §7.4).
+
+    The endpoints are special-cased as TRL does: β=0 is KL(p‖q), β=1 is KL(q‖p).
+    """
+    if beta <= 0:
+        return forward_kl(log_q, log_p)
+    if beta >= 1:
+        return reverse_kl(log_q, log_p)
+    log_m = log_mixture(log_p, log_q, beta)
+    return beta * xlogy_ratio(log_p.exp(), log_p, log_m) + (1 - beta) * xlogy_ratio(log_q.exp(), log_q, log_m)
+
+
+def total_variation(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+    """½ Σ |p − q|, in [0, 1] (§7.6)."""
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+
+
+DIVERGENCES: dict[str, DivergenceFn] = {
+    "fkl": forward_kl,
+    "rkl": reverse_kl,
+    "skew_kl": skew_kl,
+    "skew_rkl": skew_reverse_kl,
+    "jsd": generalized_jsd,
+    "tvd": total_variation,
+}
+
+
+def valid_rows(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[B, T, V] -> [N, V] keeping only valid tokens (so padding costs nothing)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    return flat if mask is None else flat[mask.reshape(-1).bool()]
+
+
+def token_divergence(
+    name: str,
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_size: int = 1024,
+    **params: float,
+) -> torch.Tensor:
+    """Mean over valid tokens of divergence `name` between softmax(z_T/τ) and softmax(z_S/τ), times τ².
+
+    `taid` takes `t` (interpolation) and uses the target softmax((1−t)·stopgrad(z_S) + t·z_T) (§7.5).
+    """
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    student = valid_rows(student_logits[..., :vocab], mask)
+    teacher = valid_rows(teacher_logits[..., :vocab], mask).detach()
+    if student.shape[0] == 0:
+        return student_logits.sum() * 0.0
+
+    def chunk_total(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        s, t = s.float() / temperature, t.float() / temperature
+        log_q = F.log_softmax(s, dim=-1)
+        if name == "taid":
+            interpolation = params.get("t", 1.0)
+            log_p = F.log_softmax((1 - interpolation) * s.detach() + interpolation * t, dim=-1)
+            return forward_kl(log_q, log_p).sum()
+        log_p = F.log_softmax(t, dim=-1)
+        return DIVERGENCES[name](log_q, log_p, **params).sum()
+
+    if name != "taid" and name not in DIVERGENCES:
+        raise KeyError(f"unknown divergence {name!r} (known: {', '.join([*DIVERGENCES, 'taid'])})")
+    total = student.new_zeros((), dtype=torch.float32)
+    for start in range(0, student.shape[0], chunk_size):
+        s_chunk, t_chunk = student[start : start + chunk_size], teacher[start : start + chunk_size]
+        if torch.is_grad_enabled() and s_chunk.requires_grad:
+            total = total + checkpoint(chunk_total, s_chunk, t_chunk, use_reentrant=False)
+        else:
+            total = total + chunk_total(s_chunk, t_chunk)
+    return temperature**2 * total / student.shape[0]

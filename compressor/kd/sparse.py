@@ -1,0 +1,57 @@
+"""Sparse teacher targets for offline caches: Random-Sampling KD (unbiased, §7.7) and top-k (biased baseline).
+
+Each position keeps a few token ids and weights (int32 ids, small float weights), a tiny fraction of V.
+The student loss keeps the log-softmax over the full vocabulary (not renormalised over the kept ids), so
+RS-KD's expected gradient equals the forward-KL gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from compressor.kd.divergences import valid_rows
+
+
+def random_sampling_targets(
+    teacher_logits: torch.Tensor,
+    draws: int = 50,
+    proposal_temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of [N, V] logits: draw `draws` tokens from softmax(z/t_s) with replacement; each unique token i
+    gets w_i ∝ count_i·p_i/q_i, normalised to sum 1 (t_s = 1 gives count_i/draws, unbiased: E[w_i] = p_i).
+
+    Returns ids [N, draws] (int64, -1 where unused) and weights [N, draws] (float32, 0 where unused).
+    """
+    logits = teacher_logits.float()
+    proposal = F.softmax(logits / proposal_temperature, dim=-1)
+    samples = torch.multinomial(proposal, draws, replacement=True, generator=generator)
+    counts = torch.zeros_like(proposal).scatter_add_(1, samples, torch.ones_like(samples, dtype=proposal.dtype))
+    weights = counts * F.softmax(logits, dim=-1) / proposal.clamp_min(1e-30)
+    weights = weights / weights.sum(-1, keepdim=True)
+    kept = min(draws, weights.shape[-1])
+    values, ids = weights.topk(kept, dim=-1)
+    ids = torch.where(values > 0, ids, torch.full_like(ids, -1))
+    return ids, values
+
+
+def top_k_targets(teacher_logits: torch.Tensor, k: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most probable tokens with their probabilities renormalised: biased (hurts calibration)."""
+    probs = F.softmax(teacher_logits.float(), dim=-1)
+    values, ids = probs.topk(k, dim=-1)
+    return ids, values / values.sum(-1, keepdim=True)
+
+
+def sparse_kd_loss(
+    student_logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """L = −Σ_{i∈S} w_i·log q(i), with log q over the full vocabulary, averaged over valid tokens.
+
+    `student_logits` is [B, T, V] (with `mask` [B, T]) or already [N, V]; ids/weights are [N, K] for the
+    valid tokens in order.
+    """
+    rows = valid_rows(student_logits, mask) if student_logits.dim() == 3 else student_logits
+    log_q = F.log_softmax(rows.float(), dim=-1)
+    picked = log_q.gather(1, ids.clamp_min(0).long())
+    return -(weights.float() * picked * (ids >= 0)).sum(-1).mean()

@@ -126,10 +126,15 @@ def run_pipeline(
         STDERR.print(f"[bold]{step.name}[/]: running")
         step_artifacts = ctx.scratch / f"artifacts-{len(records)}-{step.name}"
         step_artifacts.mkdir(parents=True, exist_ok=True)
-        step_ctx = dataclasses.replace(ctx, artifacts=step_artifacts, metrics={})
+        # Checkpoints live beside the cache, keyed like the result: a crashed run resumes on the next try.
+        run_dir = (cache.root / "runs" / key) if cache else (ctx.scratch / f"run-{len(records)}-{step.name}")
+        step_ctx = dataclasses.replace(ctx, artifacts=step_artifacts, metrics={}, run_dir=run_dir)
         start = time.perf_counter()
         result = step.run(ir, step_ctx)
         seconds = time.perf_counter() - start
+        if (run_dir / "metrics.jsonl").exists():
+            (step_artifacts / "runs" / step.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / "metrics.jsonl", step_artifacts / "runs" / step.name / "metrics.jsonl")
         config = step.config.model_dump(mode="json")
         record = {"config": config, "seconds": round(seconds, 3), "metrics": step_ctx.metrics}
         if step.produces_ir:
@@ -146,6 +151,7 @@ def run_pipeline(
             result = result.evolve(lineage=lineage, fingerprint=key)
         if cache:
             cache.store(key, result if step.produces_ir else None, record, step_artifacts)
+        shutil.rmtree(run_dir, ignore_errors=True)  # finished: the result itself is what is kept
         shutil.copytree(step_artifacts, artifacts_out, dirs_exist_ok=True)
         ir = result if step.produces_ir else ir
         records.append(StepRecord(step.name, config, key, round(seconds, 3), False, step_ctx.metrics, note))

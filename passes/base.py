@@ -39,6 +39,7 @@ class PassContext:
     budget: Budget
     scratch: Path
     artifacts: Path  # files the pass produces that outlive the run (e.g. the ONNX model)
+    run_dir: Path | None = None  # survives a crash: checkpoints for resuming long passes
     device: torch.device = torch.device("cpu")
     seed: int = 0
     show_progress: bool = True

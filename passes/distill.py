@@ -8,19 +8,19 @@ Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden stat
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from compressor.data import batches, encode_sentences, lm_blocks, sentences
+from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
+from compressor.evaluate import embedding_cosine, perplexity
 from compressor.ir import ModelIR
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.objective import LMObjective
 from compressor.kd.schedules import DTSState, TAIDState
-from compressor.kd.train import train
+from compressor.kd.train import IndexedBatches, TrainConfig, train
 from passes.base import Pass, PassConfig, PassContext, register
 
 
@@ -42,6 +42,12 @@ class DistillConfig(PassConfig):
     dts_initial: float = Field(default=4.0, gt=0)
     dts_min: float = Field(default=1.0, gt=0)
     chunk_size: int = Field(default=1024, ge=1, description="tokens per chunk of the logit loss (memory)")
+    grad_accumulation: int = Field(default=1, ge=1)
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    checkpoint_every: int = Field(default=100, ge=0, description="steps between resumable checkpoints (0: none)")
+    eval_every: int = Field(default=0, ge=0, description="steps between held-out evaluations (0: none)")
+    eval_blocks: int = Field(default=16, ge=1, description="held-out blocks (LM) or sentences/8 (encoder)")
     cosine_weight: float = Field(default=1.0, ge=0)
     mse_weight: float = Field(default=1.0, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -61,22 +67,35 @@ class Distill(Pass):
         torch.manual_seed(ctx.seed)
         student = ir.materialize(ctx.device, torch.float32)
         teacher = ctx.teacher_model
+        objective = self.objective() if ir.task == "causal-lm" else None
         if ir.task == "causal-lm":
-            data, loss_fn = self.lm_setup(ctx, teacher)
+            data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective)
             lr = cfg.lr or 1e-3
         else:
-            data, loss_fn = self.encoder_setup(ctx, teacher)
+            data, loss_fn, evaluate = self.encoder_setup(ctx, teacher)
             lr = cfg.lr or 2e-4
+        config = TrainConfig(
+            steps=cfg.steps,
+            lr=lr,
+            warmup_ratio=cfg.warmup_ratio,
+            weight_decay=cfg.weight_decay,
+            max_grad_norm=cfg.max_grad_norm,
+            grad_accumulation=cfg.grad_accumulation,
+            gradient_checkpointing=cfg.gradient_checkpointing,
+            checkpoint_every=cfg.checkpoint_every or None,
+            eval_every=cfg.eval_every or None,
+            mixed_precision=cfg.mixed_precision,
+            seed=ctx.seed,
+        )
         result = train(
             student,
             data,
             loss_fn,
-            cfg.steps,
-            lr,
-            cfg.warmup_ratio,
-            cfg.weight_decay,
-            cfg.max_grad_norm,
+            config,
             ctx.device,
+            ctx.run_dir,
+            objective,
+            evaluate,
             description="distill",
             show_progress=ctx.show_progress,
         )
@@ -93,31 +112,36 @@ class Distill(Pass):
                 "loss_curve": [round(v, 5) for v in result.losses[::stride]],
                 "loss_curve_stride": stride,
                 "device": str(ctx.device),
+                "resumed_from_step": result.resumed_from,
+                "evaluations": result.evaluations,
             }
         )
         return ir.absorb(student)
 
-    def lm_setup(self, ctx: PassContext, teacher) -> tuple[Iterator[dict], object]:
+    def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=cfg.steps * cfg.batch_size)
-        batch_size = min(cfg.batch_size, len(blocks))
+        needed = cfg.steps * cfg.batch_size * cfg.grad_accumulation
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed)
+        data = IndexedBatches(
+            len(blocks), min(cfg.batch_size, len(blocks)), ctx.seed, lambda index: {"input_ids": blocks[index]}
+        )
 
-        def data():
-            for index in batches(len(blocks), batch_size, ctx.seed):
-                yield {"input_ids": blocks[index]}
-
-        objective = self.objective()
-        step = iter(range(1 << 62))
-
-        def loss_fn(model, batch):
+        def loss_fn(model, batch, step):
             ids = batch["input_ids"]
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids).logits[:, :-1]
             student_logits = model(input_ids=ids).logits[:, :-1]
-            return objective(student_logits, teacher_logits, ids[:, 1:], next(step), cfg.steps)
+            return objective(student_logits, teacher_logits, ids[:, 1:], step, cfg.steps)
 
-        return data(), loss_fn
+        held = (
+            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks) if cfg.eval_every else None
+        )
+
+        def evaluate(model):
+            return {"perplexity": perplexity(model, held.to(next(model.parameters()).device))}
+
+        return data, loss_fn, evaluate if held is not None else None
 
     def objective(self) -> LMObjective:
         cfg: DistillConfig = self.config
@@ -129,7 +153,7 @@ class Distill(Pass):
             cfg.loss, cfg.alpha, cfg.temperature, cfg.skew_alpha, cfg.jsd_beta, cfg.chunk_size, taid, dts
         )
 
-    def encoder_setup(self, ctx: PassContext, teacher) -> tuple[Iterator[dict], object]:
+    def encoder_setup(self, ctx: PassContext, teacher):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
         texts = sentences(corpus.train) or list(corpus.train)
@@ -138,12 +162,18 @@ class Distill(Pass):
                 f"{corpus.name}: only {len(texts)} training sentences, fewer than batch_size {cfg.batch_size}"
             )
         tokenizer = ctx.tokenizer
+        data = IndexedBatches(
+            len(texts),
+            cfg.batch_size,
+            ctx.seed,
+            lambda index: encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len),
+        )
+        held = (sentences(corpus.eval) or list(corpus.eval))[: cfg.eval_blocks * 8] if cfg.eval_every else None
 
-        def data():
-            for index in batches(len(texts), cfg.batch_size, ctx.seed):
-                yield encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len)
+        def evaluate(model):
+            return {"embedding_cosine": embedding_cosine(model, teacher, tokenizer, held, cfg.seq_len)}
 
-        def loss_fn(model, batch):
+        def loss_fn(model, batch, step):
             with torch.no_grad():
                 teacher_hidden = teacher(**batch, output_hidden_states=True).hidden_states[-1]
             student_hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
@@ -151,4 +181,4 @@ class Distill(Pass):
                 student_hidden, teacher_hidden, batch["attention_mask"], cfg.cosine_weight, cfg.mse_weight
             )
 
-        return data(), loss_fn
+        return data, loss_fn, evaluate if held else None

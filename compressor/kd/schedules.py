@@ -4,11 +4,22 @@ temperature (§7.8). Both are plain dataclasses so `asdict` / `cls(**state)` rou
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+
+
+class ScheduleState:
+    """state_dict / load_state_dict for a dataclass schedule, so trainers checkpoint it like a module."""
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for item in fields(self):
+            setattr(self, item.name, state[item.name])
 
 
 @dataclass
-class TAIDState:
+class TAIDState(ScheduleState):
     """TAID's adaptive interpolation: t rises from t_start to t_end, faster while the loss keeps improving.
 
     rel = (ℓ_prev − ℓ)/(ℓ_prev + 1e-15); m ← β·m + (1−β)·rel; Δ = α·σ(m)·(1−t);
@@ -42,7 +53,7 @@ class TAIDState:
 
 
 @dataclass
-class DTSState:
+class DTSState(ScheduleState):
     """Dynamic Temperature Scheduler: soft targets early, sharper later, hotter while the gap is large.
 
     g = CE_S − CE_T; c = ½(1 + cos(π·k·progress)); s = g/(g−1) if g > 1 else 1 (s > 2 → 1.35, the LLM cap);

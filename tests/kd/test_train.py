@@ -1,9 +1,14 @@
 import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
 
-from compressor.kd.train import train, warmup_cosine
+from compressor.kd.train import IndexedBatches, TrainConfig, train, warmup_cosine
 
 
 def test_warmup_cosine_shape():
@@ -13,41 +18,111 @@ def test_warmup_cosine_shape():
     assert values[-1] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_indexed_batches_shard_one_global_batch_across_processes():
+    rows = torch.arange(40)
+    single = IndexedBatches(40, 8, seed=3, make_batch=lambda i: {"input_ids": rows[i]})
+    shards = [
+        IndexedBatches(40, 4, seed=3, make_batch=lambda i: {"input_ids": rows[i]}, rank=r, world=2) for r in range(2)
+    ]
+    for step in range(12):  # crosses epoch boundaries
+        together = torch.cat([s(step)["input_ids"] for s in shards])
+        assert torch.equal(together, single(step)["input_ids"])
+
+
 def regression_problem():
     torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
     x = torch.randn(64, 4)
     y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]])
-
-    def data():
-        while True:
-            yield {"input_ids": x, "y": y}
-
-    return model, data()
+    data = IndexedBatches(64, 16, 0, lambda i: {"input_ids": x[i], "y": y[i]})
+    return model, data
 
 
-def test_training_reduces_the_loss():
+def mse(model, batch, step):
+    return ((model(batch["input_ids"]) - batch["y"]) ** 2).mean(), {}
+
+
+def test_training_reduces_the_loss(tmp_path):
     model, data = regression_problem()
-    result = train(
-        model,
-        data,
-        lambda m, b: (((m(b["input_ids"]) - b["y"]) ** 2).mean(), {}),
-        steps=200,
-        lr=0.05,
-        show_progress=False,
-    )
-    assert result.last_loss < 0.05 * result.first_loss
-    assert result.tokens == 200 * 64 * 4
+    result = train(model, data, mse, TrainConfig(steps=150, lr=0.02), run_dir=tmp_path, show_progress=False)
+    assert result.last_loss < 0.1 * result.first_loss
+    assert result.tokens == 150 * 16 * 4
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 150
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    results = []
+    for batch, accumulation in ((16, 1), (8, 2)):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        x, y = torch.randn(64, 4), torch.randn(64, 1)
+        data = IndexedBatches(64, batch, 0, lambda i, x=x, y=y: {"input_ids": x[i], "y": y[i]})
+        train(model, data, mse, TrainConfig(steps=5, lr=0.01, grad_accumulation=accumulation), show_progress=False)
+        results.append(model.weight.detach().clone())
+    assert torch.allclose(results[0], results[1], atol=1e-6)
 
 
 def test_non_finite_loss_stops_with_the_step_number():
     model, data = regression_problem()
-    calls = iter(range(100))
 
-    def loss_fn(m, b):
-        step = next(calls)
-        loss = ((m(b["input_ids"]) - b["y"]) ** 2).mean()
-        return (loss * float("nan") if step == 3 else loss), {}
+    def loss_fn(m, b, step):
+        loss, parts = mse(m, b, step)
+        return (loss * float("nan") if step == 3 else loss), parts
 
-    with pytest.raises(FloatingPointError, match="step 3"):
-        train(model, data, loss_fn, steps=10, lr=0.01, show_progress=False)
+    with pytest.raises(FloatingPointError, match="at step 3"):
+        train(model, data, loss_fn, TrainConfig(steps=10, lr=0.01), show_progress=False)
+
+
+RESUMABLE = textwrap.dedent("""
+    import os, signal, sys, torch
+    from pathlib import Path
+    from safetensors.torch import save_file
+    from compressor.kd.schedules import TAIDState
+    from compressor.kd.train import IndexedBatches, TrainConfig, train
+    run_dir, out, kill_at = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Dropout(0.2), torch.nn.Linear(32, 1))
+    x = torch.randn(96, 4, generator=torch.Generator().manual_seed(1))
+    y = x.sum(-1, keepdim=True)
+    data = IndexedBatches(96, 16, 0, lambda i: {"input_ids": x[i], "y": y[i]})
+    taid = TAIDState(alpha=0.05)
+    def loss_fn(m, b, step):
+        loss = ((m(b["input_ids"]) - b["y"]) ** 2).mean() * (1 + taid.t)
+        taid.update(float(loss), step, 20)
+        return loss, {"t": taid.t}
+    def on_step(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(model, data, loss_fn, TrainConfig(steps=20, lr=0.01, checkpoint_every=4), run_dir=run_dir,
+          extra_state=taid, show_progress=False, on_step=on_step)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+""")
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "resumable.py"
+    script.write_text(RESUMABLE)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+
+    def launch(run_dir, out, kill_at):
+        return subprocess.run(
+            [sys.executable, str(script), str(run_dir), str(out), str(kill_at)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    whole = launch(tmp_path / "whole", tmp_path / "whole.safetensors", -1)
+    assert whole.returncode == 0, whole.stderr
+    killed = launch(tmp_path / "killed", tmp_path / "killed.safetensors", 11)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed.safetensors").exists()
+    resumed = launch(tmp_path / "killed", tmp_path / "killed.safetensors", -1)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = load_file(tmp_path / "whole.safetensors"), load_file(tmp_path / "killed.safetensors")
+    for name in expected:
+        assert (expected[name] - got[name]).abs().max() <= 1e-6, name

@@ -20,7 +20,7 @@ from compressor.ir import ModelIR
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.objective import LMObjective
 from compressor.kd.schedules import DTSState, TAIDState
-from compressor.kd.train import IndexedBatches, TrainConfig, train
+from compressor.kd.train import IndexedBatches, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
 
 
@@ -65,15 +65,7 @@ class Distill(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: DistillConfig = self.config
         torch.manual_seed(ctx.seed)
-        student = ir.materialize(ctx.device, torch.float32)
-        teacher = ctx.teacher_model
-        objective = self.objective() if ir.task == "causal-lm" else None
-        if ir.task == "causal-lm":
-            data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective)
-            lr = cfg.lr or 1e-3
-        else:
-            data, loss_fn, evaluate = self.encoder_setup(ctx, teacher)
-            lr = cfg.lr or 2e-4
+        lr = cfg.lr or (1e-3 if ir.task == "causal-lm" else 2e-4)
         config = TrainConfig(
             steps=cfg.steps,
             lr=lr,
@@ -87,15 +79,26 @@ class Distill(Pass):
             mixed_precision=cfg.mixed_precision,
             seed=ctx.seed,
         )
+        # One process here; under `accelerate launch` each process trains on its shard of every global batch.
+        accelerator = make_accelerator(ctx.device, config)
+        shard = (accelerator.process_index, accelerator.num_processes)
+        student = ir.materialize(accelerator.device, torch.float32)
+        teacher = ctx.teacher_model.to(accelerator.device)
+        objective = self.objective() if ir.task == "causal-lm" else None
+        if ir.task == "causal-lm":
+            data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective, shard)
+        else:
+            data, loss_fn, evaluate = self.encoder_setup(ctx, teacher, shard)
         result = train(
             student,
             data,
             loss_fn,
             config,
-            ctx.device,
+            accelerator.device,
             ctx.run_dir,
             objective,
             evaluate,
+            accelerator=accelerator,
             description="distill",
             show_progress=ctx.show_progress,
         )
@@ -118,13 +121,17 @@ class Distill(Pass):
         )
         return ir.absorb(student)
 
-    def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective):
+    def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
         needed = cfg.steps * cfg.batch_size * cfg.grad_accumulation
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed)
         data = IndexedBatches(
-            len(blocks), min(cfg.batch_size, len(blocks)), ctx.seed, lambda index: {"input_ids": blocks[index]}
+            len(blocks),
+            min(cfg.batch_size, len(blocks) // shard[1]),
+            ctx.seed,
+            lambda index: {"input_ids": blocks[index]},
+            *shard,
         )
 
         def loss_fn(model, batch, step):
@@ -153,7 +160,7 @@ class Distill(Pass):
             cfg.loss, cfg.alpha, cfg.temperature, cfg.skew_alpha, cfg.jsd_beta, cfg.chunk_size, taid, dts
         )
 
-    def encoder_setup(self, ctx: PassContext, teacher):
+    def encoder_setup(self, ctx: PassContext, teacher, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
         texts = sentences(corpus.train) or list(corpus.train)
@@ -167,6 +174,7 @@ class Distill(Pass):
             cfg.batch_size,
             ctx.seed,
             lambda index: encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len),
+            *shard,
         )
         held = (sentences(corpus.eval) or list(corpus.eval))[: cfg.eval_blocks * 8] if cfg.eval_every else None
 

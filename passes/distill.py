@@ -8,6 +8,8 @@ Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden stat
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -17,9 +19,11 @@ from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine, perplexity
 from compressor.ir import ModelIR
-from compressor.kd.losses import encoder_kd_loss
+from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
+from compressor.kd.losses import encoder_kd_loss, lm_cross_entropy
 from compressor.kd.objective import LMObjective
 from compressor.kd.schedules import DTSState, TAIDState
+from compressor.kd.sparse import sparse_kd_loss
 from compressor.kd.train import IndexedBatches, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
 
@@ -42,6 +46,12 @@ class DistillConfig(PassConfig):
     dts_initial: float = Field(default=4.0, gt=0)
     dts_min: float = Field(default=1.0, gt=0)
     chunk_size: int = Field(default=1024, ge=1, description="tokens per chunk of the logit loss (memory)")
+    teacher_signal: Literal["online", "rs_cache", "topk_cache"] = Field(
+        default="online", description="online teacher forward, or an offline cache of sparse logits (RS-KD / top-k)"
+    )
+    cache_draws: int = Field(default=50, ge=1, description="RS-KD draws per position (about 12 unique tokens)")
+    cache_topk: int = Field(default=12, ge=1, description="tokens per position for the top-k cache")
+    logit_cache: str | None = Field(default=None, description="cache folder; default: under $COMPRESSOR_CACHE/logits")
     grad_accumulation: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -130,15 +140,21 @@ class Distill(Pass):
             len(blocks),
             min(cfg.batch_size, len(blocks) // shard[1]),
             ctx.seed,
-            lambda index: {"input_ids": blocks[index]},
+            lambda index: {"input_ids": blocks[index], "block_index": index},
             *shard,
         )
+        cache = self.logit_cache(ctx, teacher, blocks) if cfg.teacher_signal != "online" else None
 
         def loss_fn(model, batch, step):
             ids = batch["input_ids"]
+            student_logits = model(input_ids=ids).logits[:, :-1]
+            if cache is not None:
+                target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
+                kd = sparse_kd_loss(student_logits, target_ids.flatten(0, 1), weights.flatten(0, 1))
+                ce = lm_cross_entropy(student_logits, ids[:, 1:])
+                return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce), "kd": float(kd)}
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids).logits[:, :-1]
-            student_logits = model(input_ids=ids).logits[:, :-1]
             return objective(student_logits, teacher_logits, ids[:, 1:], step, cfg.steps)
 
         held = (
@@ -149,6 +165,26 @@ class Distill(Pass):
             return {"perplexity": perplexity(model, held.to(next(model.parameters()).device))}
 
         return data, loss_fn, evaluate if held is not None else None
+
+    def logit_cache(self, ctx: PassContext, teacher, blocks: torch.Tensor) -> SparseLogitCache:
+        """Open (or build once) the sparse teacher-logit cache for this teacher and these exact token blocks."""
+        cfg: DistillConfig = self.config
+        method, size = ("rs", cfg.cache_draws) if cfg.teacher_signal == "rs_cache" else ("topk", cfg.cache_topk)
+        teacher_fp = ctx.teacher.content_fingerprint()
+        data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
+        folder = (
+            Path(cfg.logit_cache)
+            if cfg.logit_cache
+            else (default_root() / cache_key(teacher_fp, data_fp, method, size, blocks.shape[1]))
+        )
+        if (folder / "index.json").exists():
+            cache = SparseLogitCache.open(folder, teacher_fp, data_fp)
+            ctx.metrics["logit_cache"] = {"folder": str(folder), "reused": True}
+            return cache
+        cache = SparseLogitCache.build(folder, teacher, blocks, teacher_fp, data_fp, method, size, seed=ctx.seed)
+        kept = float((cache.ids >= 0).sum(-1).float().mean())
+        ctx.metrics["logit_cache"] = {"folder": str(folder), "reused": False, "mean_kept_tokens": round(kept, 2)}
+        return cache
 
     def objective(self) -> LMObjective:
         cfg: DistillConfig = self.config

@@ -47,3 +47,20 @@ def test_every_lm_loss_trains_the_student(tiny_dirs, tmp_path, loss):
     name = "model.layers.1.self_attn.q_proj.weight"
     assert not torch.equal(student.weights[name], trained.weights[name])
     assert all(math.isfinite(v) for v in metrics["loss_curve"])
+
+
+def test_rs_kd_cache_is_built_once_reused_and_refused_for_another_teacher(tiny_dirs, tmp_path, monkeypatch):
+    from compressor.errors import UserError
+
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    config = dict(steps=4, batch_size=2, seq_len=16, teacher_signal="rs_cache", cache_draws=20, alpha=1.0)
+    _, trained, metrics = run_distill(teacher, tmp_path / "a", **config)
+    assert metrics["logit_cache"]["reused"] is False and 1 <= metrics["logit_cache"]["mean_kept_tokens"] <= 20
+    _, again, metrics = run_distill(teacher, tmp_path / "b", **config)
+    assert metrics["logit_cache"]["reused"] is True
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(trained.weights[name], again.weights[name])  # same targets, same seed: same student
+    folder = metrics["logit_cache"]["folder"]
+    other = ModelIR.load(tiny_dirs["mistral"])
+    with pytest.raises(UserError, match="another teacher"):
+        run_distill(other, tmp_path / "c", **config, logit_cache=folder)

@@ -92,7 +92,7 @@ class Distill(Pass):
         # One process here; under `accelerate launch` each process trains on its shard of every global batch.
         accelerator = make_accelerator(ctx.device, config)
         shard = (accelerator.process_index, accelerator.num_processes)
-        student = ir.materialize(accelerator.device, torch.float32)
+        student = self.trainable(ir.materialize(accelerator.device, torch.float32))
         teacher = ctx.teacher_model.to(accelerator.device)
         objective = self.objective() if ir.task == "causal-lm" else None
         if ir.task == "causal-lm":
@@ -129,7 +129,15 @@ class Distill(Pass):
                 "evaluations": result.evaluations,
             }
         )
-        return ir.absorb(student)
+        return ir.absorb(self.finished(student))
+
+    def trainable(self, model):
+        """The module the trainer updates; `lora_kd` wraps it in adapters here."""
+        return model
+
+    def finished(self, model):
+        """The plain transformers model to write back into the IR; `lora_kd` merges its adapters here."""
+        return model
 
     def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config

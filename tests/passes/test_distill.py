@@ -64,3 +64,37 @@ def test_rs_kd_cache_is_built_once_reused_and_refused_for_another_teacher(tiny_d
     other = ModelIR.load(tiny_dirs["mistral"])
     with pytest.raises(UserError, match="another teacher"):
         run_distill(other, tmp_path / "c", **config, logit_cache=folder)
+
+
+def test_lora_kd_merged_logits_equal_adapter_logits(tiny_dirs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from passes.lora_kd import LoraKD, LoraKDConfig
+    from tests.helpers import outputs, sample_inputs
+
+    teacher = ModelIR.load(tiny_dirs["qwen2"])
+    student = teacher.drop_layers([0, 2])
+    step = LoraKD(LoraKDConfig(steps=8, batch_size=2, seq_len=16, rank=4))
+    ctx = pass_context(teacher, tmp_path)
+    captured = {}
+    original = step.finished
+
+    def keep_adapter_logits(model):
+        captured["adapter"] = outputs(model, sample_inputs("qwen2"))
+        return original(model)
+
+    step.finished = keep_adapter_logits
+    merged = step.run(student, ctx)
+    assert torch.allclose(outputs(merged.materialize(), sample_inputs("qwen2")), captured["adapter"], atol=1e-5)
+    assert not torch.equal(
+        merged.weights["model.layers.0.self_attn.q_proj.weight"],
+        student.weights["model.layers.0.self_attn.q_proj.weight"],
+    )
+    assert merged.weights["model.embed_tokens.weight"].equal(student.weights["model.embed_tokens.weight"])
+    assert ctx.metrics["trainable_params"] < sum(t.numel() for t in student.weights.values()) / 5
+    # B = 0 at initialisation: merging an untrained adapter gives back the base model
+    fresh = get_peft_model(student.materialize(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    assert torch.allclose(
+        outputs(fresh.merge_and_unload(), sample_inputs("qwen2")),
+        outputs(student.materialize(), sample_inputs("qwen2")),
+    )

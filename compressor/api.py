@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor.data import BUILTIN, load_corpus, read_sts
+from compressor.distributed import is_main_process
 from compressor.errors import GateError, UserError
 from compressor.evaluate import compare
 from compressor.ir import ModelIR
@@ -59,6 +60,10 @@ def check_output(out: Path, overwrite: bool) -> None:
 def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a hidden temporary directory that replaces `out` only when the block succeeds."""
     check_output(out, overwrite)
+    if not is_main_process():  # other ranks of a multi-process run compute, but never write the output
+        with tempfile.TemporaryDirectory(prefix="compressor-rank-") as throwaway:
+            yield Path(throwaway)
+        return
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

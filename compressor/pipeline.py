@@ -21,6 +21,7 @@ from pathlib import Path
 from rich.console import Console
 
 import compressor
+from compressor.distributed import is_main_process
 from compressor.ir import ModelIR
 from compressor.ir.graph import sha256_file
 from passes.base import Pass, PassContext
@@ -69,6 +70,8 @@ class PassCache:
         return ir, record, entry / "artifacts"
 
     def store(self, key: str, ir: ModelIR | None, record: dict, artifacts: Path) -> None:
+        if not is_main_process():
+            return
         entry = self.entry(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=entry.parent))
@@ -151,7 +154,8 @@ def run_pipeline(
             result = result.evolve(lineage=lineage, fingerprint=key)
         if cache:
             cache.store(key, result if step.produces_ir else None, record, step_artifacts)
-        shutil.rmtree(run_dir, ignore_errors=True)  # finished: the result itself is what is kept
+        if is_main_process():
+            shutil.rmtree(run_dir, ignore_errors=True)  # finished: the result itself is what is kept
         shutil.copytree(step_artifacts, artifacts_out, dirs_exist_ok=True)
         ir = result if step.produces_ir else ir
         records.append(StepRecord(step.name, config, key, round(seconds, 3), False, step_ctx.metrics, note))

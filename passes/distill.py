@@ -9,6 +9,7 @@ Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden stat
 from __future__ import annotations
 
 import hashlib
+import random
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,9 @@ class DistillConfig(PassConfig):
     cache_draws: int = Field(default=50, ge=1, description="RS-KD draws per position (about 12 unique tokens)")
     cache_topk: int = Field(default=12, ge=1, description="tokens per position for the top-k cache")
     logit_cache: str | None = Field(default=None, description="cache folder; default: under $COMPRESSOR_CACHE/logits")
+    on_policy: float = Field(default=0.0, ge=0, le=1, description="λ: share of batches trained on student samples")
+    generation_temperature: float = Field(default=0.9, gt=0)
+    prompt_fraction: float = Field(default=0.5, gt=0, lt=1, description="share of a block kept as the prompt")
     grad_accumulation: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -155,6 +159,8 @@ class Distill(Pass):
 
         def loss_fn(model, batch, step):
             ids = batch["input_ids"]
+            if cfg.on_policy and random.Random(ctx.seed * 1_000_003 + step).random() < cfg.on_policy:
+                return self.on_policy_loss(model, teacher, objective, ids, step)
             student_logits = model(input_ids=ids).logits[:, :-1]
             if cache is not None:
                 target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
@@ -173,6 +179,33 @@ class Distill(Pass):
             return {"perplexity": perplexity(model, held.to(next(model.parameters()).device))}
 
         return data, loss_fn, evaluate if held is not None else None
+
+    def on_policy_loss(self, model, teacher, objective: LMObjective, ids: torch.Tensor, step: int):
+        """GKD on-policy step (§7.4): the student continues each block's prompt by sampling; the divergence to
+        the teacher is taken on the generated tokens only."""
+        cfg: DistillConfig = self.config
+        prompt = max(1, int(ids.shape[1] * cfg.prompt_fraction))
+        generator = getattr(model, "module", model)
+        generator.eval()
+        with torch.no_grad():
+            sampled = generator.generate(
+                input_ids=ids[:, :prompt],
+                attention_mask=torch.ones_like(ids[:, :prompt]),
+                do_sample=True,
+                temperature=cfg.generation_temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=ids.shape[1] - prompt,
+                min_new_tokens=ids.shape[1] - prompt,
+                pad_token_id=0,
+            )
+            teacher_logits = teacher(input_ids=sampled).logits[:, :-1]
+        generator.train()
+        labels = sampled[:, 1:].clone()
+        labels[:, : prompt - 1] = -100
+        student_logits = model(input_ids=sampled).logits[:, :-1]
+        loss, parts = objective(student_logits, teacher_logits, labels, step, cfg.steps, kd_only=True)
+        return loss, {**parts, "on_policy": 1.0}
 
     def logit_cache(self, ctx: PassContext, teacher, blocks: torch.Tensor) -> SparseLogitCache:
         """Open (or build once) the sparse teacher-logit cache for this teacher and these exact token blocks."""

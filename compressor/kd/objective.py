@@ -48,14 +48,17 @@ class LMObjective:
         labels: torch.Tensor,
         step: int,
         total_steps: int,
+        kd_only: bool = False,
     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """`kd_only` (student-generated sequences, §7.4): no CE, since the labels are the student's own samples."""
         mask = labels != IGNORE_INDEX
         temperature = self.dts.temperature if self.dts else self.temperature
         kd = token_divergence(
             self.loss, student_logits, teacher_logits, mask, temperature, self.chunk_size, **self.params()
         )
-        ce = lm_cross_entropy(student_logits, labels) if (self.alpha < 1 or self.dts) else kd.new_zeros(())
-        loss = (1 - self.alpha) * ce + self.alpha * kd
+        alpha = 1.0 if kd_only else self.alpha
+        ce = lm_cross_entropy(student_logits, labels) if (alpha < 1 or self.dts) else kd.new_zeros(())
+        loss = (1 - alpha) * ce + alpha * kd
         parts = {"ce": float(ce), "kd": float(kd), "temperature": temperature}
         if self.taid:
             parts["taid_t"] = self.taid.t

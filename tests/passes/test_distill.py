@@ -10,6 +10,7 @@ from tests.helpers import pass_context
 
 def run_distill(teacher, tmp_path, **config):
     ctx = pass_context(teacher, tmp_path)
+    ctx.run_dir = tmp_path / "run"
     student = teacher.drop_layers([0, 2])
     trained = Distill(DistillConfig(**config)).run(student, ctx)
     return student, trained, ctx.metrics
@@ -98,3 +99,15 @@ def test_lora_kd_merged_logits_equal_adapter_logits(tiny_dirs, tmp_path):
         outputs(fresh.merge_and_unload(), sample_inputs("qwen2")),
         outputs(student.materialize(), sample_inputs("qwen2")),
     )
+
+
+def test_on_policy_batches_train_on_student_samples(tiny_dirs, tmp_path):
+    import json
+
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    student, trained, metrics = run_distill(teacher, tmp_path, steps=6, batch_size=2, seq_len=16, on_policy=1.0,
+                                            loss="jsd", checkpoint_every=0)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line.get("on_policy") == 1.0 and line["ce"] == 0.0 for line in lines)
+    assert not torch.equal(student.weights["model.layers.0.mlp.up_proj.weight"],
+                           trained.weights["model.layers.0.mlp.up_proj.weight"])

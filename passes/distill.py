@@ -46,7 +46,7 @@ class DistillConfig(PassConfig):
     temperature_schedule: Literal["constant", "dts"] = "constant"
     dts_initial: float = Field(default=4.0, gt=0)
     dts_min: float = Field(default=1.0, gt=0)
-    chunk_size: int = Field(default=1024, ge=1, description="tokens per chunk of the logit loss (memory)")
+    chunk_size: int = Field(default=256, ge=1, description="tokens per chunk of the logit loss (memory)")
     teacher_signal: Literal["online", "rs_cache", "topk_cache"] = Field(
         default="online", description="online teacher forward, or an offline cache of sparse logits (RS-KD / top-k)"
     )

@@ -73,6 +73,44 @@ def total_variation(log_q: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
     return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
 
 
+class ChunkedForwardKL(torch.autograd.Function):
+    """Σ_tokens KL(softmax(t/τ) ‖ softmax(s/τ)) with an analytic backward: ∂/∂s = (q^τ − p^τ)/τ.
+
+    Forward and backward walk the tokens in chunks and keep nothing but the inputs, so the loss costs about
+    two softmaxes each way and never holds a float32 [N, V] intermediate — the default loss is as cheap as it
+    can be (the generic path below recomputes through autograd instead).
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float, chunk_size: int):
+        total = student.new_zeros((), dtype=torch.float32)
+        for start in range(0, student.shape[0], chunk_size):
+            s = student[start : start + chunk_size].float()
+            t = teacher[start : start + chunk_size].float()
+            if temperature != 1.0:
+                s, t = s / temperature, t / temperature
+            log_q, log_p = F.log_softmax(s, dim=-1), F.log_softmax(t, dim=-1)
+            terms = log_p.exp().mul_(log_p.sub_(log_q))
+            total += terms.nan_to_num_(0.0, 0.0, 0.0).sum()  # 0·(−inf − x) at padded entries is 0, not NaN
+        ctx.save_for_backward(student, teacher)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        student, teacher = ctx.saved_tensors
+        tau, grad = ctx.temperature, torch.empty_like(student)
+        scale = grad_output / tau
+        for start in range(0, student.shape[0], ctx.chunk_size):
+            s = student[start : start + ctx.chunk_size].float()
+            t = teacher[start : start + ctx.chunk_size].float()
+            if tau != 1.0:
+                s, t = s / tau, t / tau
+            q = F.softmax(s, dim=-1)
+            grad[start : start + ctx.chunk_size] = q.sub_(F.softmax(t, dim=-1)).mul_(scale).to(grad.dtype)
+        return grad, None, None, None
+
+
 DIVERGENCES: dict[str, DivergenceFn] = {
     "fkl": forward_kl,
     "rkl": reverse_kl,
@@ -95,7 +133,7 @@ def token_divergence(
     teacher_logits: torch.Tensor,
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     **params: float,
 ) -> torch.Tensor:
     """Mean over valid tokens of divergence `name` between softmax(z_T/τ) and softmax(z_S/τ), times τ².
@@ -118,6 +156,9 @@ def token_divergence(
         log_p = F.log_softmax(t, dim=-1)
         return DIVERGENCES[name](log_q, log_p, **params).sum()
 
+    if name == "fkl" and not params:
+        total = ChunkedForwardKL.apply(student, teacher, float(temperature), chunk_size)
+        return temperature**2 * total / student.shape[0]
     if name != "taid" and name not in DIVERGENCES:
         raise KeyError(f"unknown divergence {name!r} (known: {', '.join([*DIVERGENCES, 'taid'])})")
     total = student.new_zeros((), dtype=torch.float32)

@@ -21,7 +21,7 @@ class LMObjective:
     temperature: float = 1.0
     skew_alpha: float = 0.1
     jsd_beta: float = 0.5
-    chunk_size: int = 1024
+    chunk_size: int = 256
     taid: TAIDState | None = None
     dts: DTSState | None = None
     history: list[dict] = field(default_factory=list)

@@ -111,6 +111,67 @@ class ChunkedForwardKL(torch.autograd.Function):
         return grad, None, None, None
 
 
+class ChunkedCEAndForwardKL(torch.autograd.Function):
+    """(Σ CE(s, y), Σ KL(p^τ ‖ q^τ)) over tokens in one pass: the default objective's two terms share the
+    student's softmax, forward and backward, so KD adds one teacher softmax to CE rather than a second loss.
+
+    ∂CE/∂s = q − onehot(y);  ∂KL/∂s = (q^τ − p^τ)/τ.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, labels, temperature: float, chunk_size: int):
+        ce_total = student.new_zeros((), dtype=torch.float32)
+        kl_total = student.new_zeros((), dtype=torch.float32)
+        for start in range(0, student.shape[0], chunk_size):
+            s = student[start : start + chunk_size].float()
+            t = teacher[start : start + chunk_size].float()
+            log_q = F.log_softmax(s, dim=-1)
+            ce_total -= log_q.gather(1, labels[start : start + chunk_size, None]).sum()
+            if temperature != 1.0:
+                log_q, t = F.log_softmax(s / temperature, dim=-1), t / temperature
+            log_p = F.log_softmax(t, dim=-1)
+            kl_total += log_p.exp().mul_(log_p.sub_(log_q)).nan_to_num_(0.0, 0.0, 0.0).sum()
+        ctx.save_for_backward(student, teacher, labels)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return ce_total, kl_total
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor, grad_kl: torch.Tensor):
+        student, teacher, labels = ctx.saved_tensors
+        tau, grad = ctx.temperature, torch.empty_like(student)
+        for start in range(0, student.shape[0], ctx.chunk_size):
+            s = student[start : start + ctx.chunk_size].float()
+            t = teacher[start : start + ctx.chunk_size].float()
+            q = F.softmax(s, dim=-1)
+            if tau == 1.0:
+                chunk = q.mul(grad_ce + grad_kl).sub_(F.softmax(t, dim=-1).mul_(grad_kl))
+            else:
+                chunk = q.mul(grad_ce).add_((F.softmax(s / tau, -1) - F.softmax(t / tau, -1)).mul_(grad_kl / tau))
+            chunk.scatter_add_(
+                1, labels[start : start + ctx.chunk_size, None], (-grad_ce).expand(chunk.shape[0], 1).to(chunk.dtype)
+            )
+            grad[start : start + ctx.chunk_size] = chunk.to(grad.dtype)
+        return grad, None, None, None, None
+
+
+def ce_and_forward_kl(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean CE on `labels` (-100 ignored) and τ²·mean forward KL over the same tokens, computed together."""
+    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
+    mask = labels != -100
+    student = valid_rows(student_logits[..., :vocab], mask)
+    teacher = valid_rows(teacher_logits[..., :vocab], mask).detach()
+    targets = labels.reshape(-1) if bool(mask.all()) else labels.reshape(-1)[mask.reshape(-1)]
+    count = max(1, student.shape[0])
+    ce_sum, kl_sum = ChunkedCEAndForwardKL.apply(student, teacher, targets, float(temperature), chunk_size)
+    return ce_sum / count, temperature**2 * kl_sum / count
+
+
 DIVERGENCES: dict[str, DivergenceFn] = {
     "fkl": forward_kl,
     "rkl": reverse_kl,
@@ -124,7 +185,9 @@ DIVERGENCES: dict[str, DivergenceFn] = {
 def valid_rows(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """[B, T, V] -> [N, V] keeping only valid tokens (so padding costs nothing)."""
     flat = logits.reshape(-1, logits.shape[-1])
-    return flat if mask is None else flat[mask.reshape(-1).bool()]
+    if mask is None or bool(mask.all()):  # no padding: skip a gather (and its scatter in backward) of [N, V]
+        return flat
+    return flat[mask.reshape(-1).bool()]
 
 
 def token_divergence(

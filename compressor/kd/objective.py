@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from compressor.kd.divergences import token_divergence
+from compressor.kd.divergences import ce_and_forward_kl, token_divergence
 from compressor.kd.losses import IGNORE_INDEX, lm_cross_entropy
 from compressor.kd.schedules import DTSState, TAIDState
 
@@ -53,19 +53,26 @@ class LMObjective:
         """`kd_only` (student-generated sequences, §7.4): no CE, since the labels are the student's own samples."""
         mask = labels != IGNORE_INDEX
         temperature = self.dts.temperature if self.dts else self.temperature
+        alpha = 1.0 if kd_only else self.alpha
+        if self.loss == "fkl" and 0 < alpha < 1 and student_logits.shape[-1] == teacher_logits.shape[-1]:
+            ce, kd = ce_and_forward_kl(student_logits, teacher_logits, labels, temperature, self.chunk_size)
+            return self.finish(ce, kd, alpha, temperature, teacher_logits, labels, step, total_steps)
         kd = token_divergence(
             self.loss, student_logits, teacher_logits, mask, temperature, self.chunk_size, **self.params()
         )
-        alpha = 1.0 if kd_only else self.alpha
         ce = lm_cross_entropy(student_logits, labels) if (alpha < 1 or self.dts) else kd.new_zeros(())
+        return self.finish(ce, kd, alpha, temperature, teacher_logits, labels, step, total_steps)
+
+    def finish(self, ce, kd, alpha, temperature, teacher_logits, labels, step, total_steps):
+        """Mix the two terms and advance the schedules (TAID from the KD loss, DTS from the CE gap)."""
         loss = (1 - alpha) * ce + alpha * kd
-        parts = {"ce": float(ce), "kd": float(kd), "temperature": temperature}
+        parts = {"ce": float(ce.detach()), "kd": float(kd.detach()), "temperature": temperature}
         if self.taid:
             parts["taid_t"] = self.taid.t
-            self.taid.update(float(kd), step, total_steps)
+            self.taid.update(float(kd.detach()), step, total_steps)
         if self.dts:
             teacher_ce = float(lm_cross_entropy(teacher_logits.detach(), labels))
-            self.dts.update(float(ce), teacher_ce, step / max(1, total_steps))
+            self.dts.update(float(ce.detach()), teacher_ce, step / max(1, total_steps))
         return loss, parts
 
     def state_dict(self) -> dict:

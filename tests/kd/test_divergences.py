@@ -112,3 +112,25 @@ def test_gradcheck_of_the_divergences_in_float64():
 def test_taid_at_t1_is_forward_kl():
     z_s, z_t = torch.randn(2, 4, 9), torch.randn(2, 4, 9)
     assert torch.allclose(token_divergence("taid", z_s, z_t, t=1.0), token_divergence("fkl", z_s, z_t), atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_fused_ce_and_kl_equal_the_separate_terms_in_value_and_gradient(temperature):
+    from compressor.kd.divergences import ce_and_forward_kl
+    from compressor.kd.losses import lm_cross_entropy
+
+    z_s = torch.randn(2, 6, 19, generator=torch.Generator().manual_seed(12))
+    z_t = torch.randn(2, 6, 19, generator=torch.Generator().manual_seed(13))
+    labels = torch.randint(0, 19, (2, 6), generator=torch.Generator().manual_seed(14))
+    labels[1, :2] = -100
+    a = z_s.clone().requires_grad_(True)
+    ce, kl = ce_and_forward_kl(a, z_t, labels, temperature, chunk_size=4)
+    (0.3 * ce + 0.7 * kl).backward()
+    b = z_s.clone().requires_grad_(True)
+    ce_ref = lm_cross_entropy(b, labels)
+    mask = labels != -100
+    log_p, log_q = F.log_softmax(z_t / temperature, -1), F.log_softmax(b / temperature, -1)
+    kl_ref = temperature**2 * (log_p.exp() * (log_p - log_q)).sum(-1)[mask].mean()
+    (0.3 * ce_ref + 0.7 * kl_ref).backward()
+    assert torch.allclose(ce, ce_ref, atol=1e-6) and torch.allclose(kl, kl_ref, atol=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -105,9 +105,11 @@ def test_on_policy_batches_train_on_student_samples(tiny_dirs, tmp_path):
     import json
 
     teacher = ModelIR.load(tiny_dirs["llama"])
-    student, trained, metrics = run_distill(teacher, tmp_path, steps=6, batch_size=2, seq_len=16, on_policy=1.0,
-                                            loss="jsd", checkpoint_every=0)
+    student, trained, metrics = run_distill(
+        teacher, tmp_path, steps=6, batch_size=2, seq_len=16, on_policy=1.0, loss="jsd", checkpoint_every=0
+    )
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(line.get("on_policy") == 1.0 and line["ce"] == 0.0 for line in lines)
-    assert not torch.equal(student.weights["model.layers.0.mlp.up_proj.weight"],
-                           trained.weights["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        student.weights["model.layers.0.mlp.up_proj.weight"], trained.weights["model.layers.0.mlp.up_proj.weight"]
+    )

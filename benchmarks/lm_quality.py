@@ -34,6 +34,7 @@ RUNS = {  # name -> distill settings on top of the shared ones
     "tvd": {"loss": "tvd"},
     "taid": {"loss": "taid"},
     "fkl_rs_cache": {"loss": "fkl", "teacher_signal": "rs_cache"},
+    "fkl_teacher_corpus": {"loss": "fkl", "data_source": "teacher"},
 }
 
 

@@ -24,6 +24,7 @@ from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
 from compressor.kd.losses import encoder_kd_loss, lm_cross_entropy
 from compressor.kd.objective import LMObjective
 from compressor.kd.schedules import DTSState, TAIDState
+from compressor.kd.seqkd import SamplingSettings, teacher_corpus
 from compressor.kd.sparse import sparse_kd_loss
 from compressor.kd.train import IndexedBatches, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
@@ -53,6 +54,12 @@ class DistillConfig(PassConfig):
     cache_draws: int = Field(default=50, ge=1, description="RS-KD draws per position (about 12 unique tokens)")
     cache_topk: int = Field(default=12, ge=1, description="tokens per position for the top-k cache")
     logit_cache: str | None = Field(default=None, description="cache folder; default: under $COMPRESSOR_CACHE/logits")
+    data_source: Literal["data", "teacher", "mixed"] = Field(
+        default="data", description="train on the data, on a corpus the teacher generates from its prompts, or both"
+    )
+    seqkd_prompt_tokens: int = Field(default=16, ge=1)
+    seqkd_temperature: float = Field(default=1.0, gt=0)
+    seqkd_top_p: float = Field(default=1.0, gt=0, le=1)
     on_policy: float = Field(default=0.0, ge=0, le=1, description="λ: share of batches trained on student samples")
     generation_temperature: float = Field(default=0.9, gt=0)
     prompt_fraction: float = Field(default=0.5, gt=0, lt=1, description="share of a block kept as the prompt")
@@ -148,6 +155,9 @@ class Distill(Pass):
         corpus = ctx.require_corpus(self.name)
         needed = cfg.steps * cfg.batch_size * cfg.grad_accumulation
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed)
+        if cfg.data_source != "data":
+            generated = self.teacher_generated(ctx, teacher, blocks, needed)
+            blocks = generated if cfg.data_source == "teacher" else torch.cat([blocks, generated])
         data = IndexedBatches(
             len(blocks),
             min(cfg.batch_size, len(blocks) // shard[1]),
@@ -206,6 +216,25 @@ class Distill(Pass):
         student_logits = model(input_ids=sampled).logits[:, :-1]
         loss, parts = objective(student_logits, teacher_logits, labels, step, cfg.steps, kd_only=True)
         return loss, {**parts, "on_policy": 1.0}
+
+    def teacher_generated(self, ctx: PassContext, teacher, blocks: torch.Tensor, sequences: int) -> torch.Tensor:
+        """Sequence-level KD data: the teacher continues prompts drawn from the data (cached per teacher + data)."""
+        cfg: DistillConfig = self.config
+        settings = SamplingSettings(
+            sequences,
+            cfg.seq_len,
+            min(cfg.seqkd_prompt_tokens, cfg.seq_len - 1),
+            cfg.seqkd_temperature,
+            cfg.seqkd_top_p,
+            ctx.seed,
+        )
+        teacher_fp = ctx.teacher.content_fingerprint()
+        data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
+        folder = default_root().parent / "seqkd" / settings.key(teacher_fp, data_fp)
+        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
+        corpus, reused = teacher_corpus(folder, teacher, blocks, settings, teacher_fp, data_fp, pad)
+        ctx.metrics["teacher_corpus"] = {"folder": str(folder), "sequences": len(corpus), "reused": reused}
+        return corpus
 
     def logit_cache(self, ctx: PassContext, teacher, blocks: torch.Tensor) -> SparseLogitCache:
         """Open (or build once) the sparse teacher-logit cache for this teacher and these exact token blocks."""

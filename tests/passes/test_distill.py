@@ -113,3 +113,14 @@ def test_on_policy_batches_train_on_student_samples(tiny_dirs, tmp_path):
     assert not torch.equal(
         student.weights["model.layers.0.mlp.up_proj.weight"], trained.weights["model.layers.0.mlp.up_proj.weight"]
     )
+
+
+def test_teacher_generated_corpus_is_made_once_and_reused(tiny_dirs, tmp_path):
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    config = dict(steps=3, batch_size=2, seq_len=16, data_source="teacher", seqkd_prompt_tokens=4)
+    _, first, metrics = run_distill(teacher, tmp_path / "a", **config)
+    assert metrics["teacher_corpus"] == {**metrics["teacher_corpus"], "sequences": 6, "reused": False}
+    _, second, metrics = run_distill(teacher, tmp_path / "b", **config)
+    assert metrics["teacher_corpus"]["reused"] is True
+    name = "model.layers.1.mlp.down_proj.weight"
+    assert torch.equal(first.weights[name], second.weights[name])

@@ -1,0 +1,102 @@
+"""Sequence-level KD (§7.4, "seq_kd"): a corpus the teacher writes from prompts drawn from the data, so a
+small data set stops being the limit. Generated once and cached like the sparse logits: safetensors plus an
+index carrying the teacher's and the data's fingerprints and the sampling settings; a mismatch is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from compressor.errors import UserError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    sequences: int
+    seq_len: int
+    prompt_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def key(self, teacher_fingerprint: str, data_fingerprint: str) -> str:
+        raw = json.dumps([teacher_fingerprint, data_fingerprint, asdict(self)], sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def generate_corpus(
+    teacher, prompts: torch.Tensor, settings: SamplingSettings, pad_token_id: int, batch_size: int = 32, progress=None
+) -> torch.Tensor:
+    """[sequences, seq_len] token ids: each row a data prompt continued by the teacher's sampling."""
+    torch.manual_seed(settings.seed)
+    device = next(teacher.parameters()).device
+    rows = []
+    new_tokens = settings.seq_len - settings.prompt_tokens
+    for start in range(0, settings.sequences, batch_size):
+        prompt = prompts[start : start + batch_size, : settings.prompt_tokens].to(device)
+        out = teacher.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=pad_token_id,
+        )
+        rows.append(out[:, : settings.seq_len].cpu())
+        if progress:
+            progress(len(prompt))
+    return torch.cat(rows)
+
+
+def teacher_corpus(
+    folder: Path,
+    teacher,
+    prompts: torch.Tensor,
+    settings: SamplingSettings,
+    teacher_fingerprint: str,
+    data_fingerprint: str,
+    pad_token_id: int,
+) -> tuple[torch.Tensor, bool]:
+    """Open the cached corpus in `folder` (refusing another teacher's or other data's), or generate it once.
+
+    Returns the token blocks and whether they came from the cache.
+    """
+    from safetensors.torch import load_file, save_file
+
+    index_file = folder / "index.json"
+    if index_file.exists():
+        index = json.loads(index_file.read_text())
+        if index["teacher"] != teacher_fingerprint:
+            raise UserError(f"{folder}: teacher-generated corpus comes from another teacher; refusing it")
+        if index["data"] != data_fingerprint or index["settings"] != asdict(settings):
+            raise UserError(f"{folder}: teacher-generated corpus was made from other data or settings; refusing it")
+        return load_file(folder / "corpus.safetensors")["ids"], True
+    if len(prompts) < settings.sequences:
+        repeats = -(-settings.sequences // len(prompts))
+        prompts = prompts.repeat(repeats, 1)
+    blocks = generate_corpus(teacher, prompts, settings, pad_token_id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file({"ids": blocks.contiguous()}, tmp / "corpus.safetensors")
+        (tmp / "index.json").write_text(
+            json.dumps(
+                {"teacher": teacher_fingerprint, "data": data_fingerprint, "settings": asdict(settings)}, indent=2
+            )
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return blocks, False

@@ -9,6 +9,7 @@ Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden stat
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from pathlib import Path
 from typing import Literal
@@ -23,10 +24,11 @@ from compressor.ir import ModelIR
 from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
 from compressor.kd.losses import encoder_kd_loss, lm_cross_entropy
 from compressor.kd.objective import LMObjective
+from compressor.kd.replay import ReplayScheduler
 from compressor.kd.schedules import DTSState, TAIDState
 from compressor.kd.seqkd import SamplingSettings, teacher_corpus
 from compressor.kd.sparse import sparse_kd_loss
-from compressor.kd.train import IndexedBatches, TrainConfig, make_accelerator, train
+from compressor.kd.train import IndexedBatches, StateGroup, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
 
 
@@ -63,6 +65,10 @@ class DistillConfig(PassConfig):
     on_policy: float = Field(default=0.0, ge=0, le=1, description="λ: share of batches trained on student samples")
     generation_temperature: float = Field(default=0.9, gt=0)
     prompt_fraction: float = Field(default=0.5, gt=0, lt=1, description="share of a block kept as the prompt")
+    adaptive_off_policy: bool = Field(default=False, description="DistiLLM scheduler with a replay buffer")
+    replay_phi: float = Field(default=0.2, ge=0, le=1, description="initial probability of student data")
+    replay_capacity: int = Field(default=1000, ge=1)
+    replay_loss_eps: float = Field(default=0.1, ge=0, description="validation-loss rise that raises phi by 0.1")
     grad_accumulation: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -106,6 +112,12 @@ class Distill(Pass):
         student = self.trainable(ir.materialize(accelerator.device, torch.float32))
         teacher = ctx.teacher_model.to(accelerator.device)
         objective = self.objective() if ir.task == "causal-lm" else None
+        self.replay = (
+            ReplayScheduler(cfg.replay_phi, cfg.replay_capacity, cfg.replay_loss_eps, ctx.seed)
+            if cfg.adaptive_off_policy and ir.task == "causal-lm"
+            else None
+        )
+        state = StateGroup(objective=objective, replay=self.replay) if objective is not None else None
         if ir.task == "causal-lm":
             data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective, shard)
         else:
@@ -117,7 +129,7 @@ class Distill(Pass):
             config,
             accelerator.device,
             ctx.run_dir,
-            objective,
+            state,
             evaluate,
             accelerator=accelerator,
             description="distill",
@@ -141,6 +153,8 @@ class Distill(Pass):
             }
         )
         return ir.absorb(self.finished(student))
+
+    replay: ReplayScheduler | None = None
 
     def trainable(self, model):
         """The module the trainer updates; `lora_kd` wraps it in adapters here."""
@@ -166,11 +180,23 @@ class Distill(Pass):
             *shard,
         )
         cache = self.logit_cache(ctx, teacher, blocks) if cfg.teacher_signal != "online" else None
+        replay = self.replay
 
         def loss_fn(model, batch, step):
             ids = batch["input_ids"]
             if cfg.on_policy and random.Random(ctx.seed * 1_000_003 + step).random() < cfg.on_policy:
-                return self.on_policy_loss(model, teacher, objective, ids, step)
+                return self.generated_loss(
+                    model, teacher, objective, self.student_samples(model, ids), step, "on_policy"
+                )
+            if replay is not None:
+                decision = replay.decide(step, cfg.steps)
+                if decision == "generate":
+                    sampled = self.student_samples(model, ids)
+                    replay.push(sampled)
+                    return self.generated_loss(model, teacher, objective, sampled, step, "generated")
+                if decision == "replay":
+                    sampled = replay.sample(ids.shape[0], step).to(ids.device)
+                    return self.generated_loss(model, teacher, objective, sampled, step, "replayed")
             student_logits = model(input_ids=ids).logits[:, :-1]
             if cache is not None:
                 target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
@@ -186,15 +212,18 @@ class Distill(Pass):
         )
 
         def evaluate(model):
-            return {"perplexity": perplexity(model, held.to(next(model.parameters()).device))}
+            value = perplexity(model, held.to(next(model.parameters()).device))
+            if replay is not None:
+                replay.after_validation(math.log(value))
+                return {"perplexity": value, "replay_phi": replay.phi}
+            return {"perplexity": value}
 
         return data, loss_fn, evaluate if held is not None else None
 
-    def on_policy_loss(self, model, teacher, objective: LMObjective, ids: torch.Tensor, step: int):
-        """GKD on-policy step (§7.4): the student continues each block's prompt by sampling; the divergence to
-        the teacher is taken on the generated tokens only."""
+    def student_samples(self, model, ids: torch.Tensor) -> torch.Tensor:
+        """The student continues the first `prompt_fraction` of each block by sampling (no gradient)."""
         cfg: DistillConfig = self.config
-        prompt = max(1, int(ids.shape[1] * cfg.prompt_fraction))
+        prompt = self.prompt_length(ids)
         generator = getattr(model, "module", model)
         generator.eval()
         with torch.no_grad():
@@ -209,13 +238,22 @@ class Distill(Pass):
                 min_new_tokens=ids.shape[1] - prompt,
                 pad_token_id=0,
             )
-            teacher_logits = teacher(input_ids=sampled).logits[:, :-1]
         generator.train()
+        return sampled
+
+    def prompt_length(self, ids: torch.Tensor) -> int:
+        return max(1, int(ids.shape[1] * self.config.prompt_fraction))
+
+    def generated_loss(self, model, teacher, objective: LMObjective, sampled: torch.Tensor, step: int, kind: str):
+        """The divergence to the teacher on generated tokens only (GKD §7.4, DistiLLM §7.3): no CE on them."""
+        cfg: DistillConfig = self.config
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=sampled).logits[:, :-1]
         labels = sampled[:, 1:].clone()
-        labels[:, : prompt - 1] = -100
+        labels[:, : self.prompt_length(sampled) - 1] = -100
         student_logits = model(input_ids=sampled).logits[:, :-1]
         loss, parts = objective(student_logits, teacher_logits, labels, step, cfg.steps, kd_only=True)
-        return loss, {**parts, "on_policy": 1.0}
+        return loss, {**parts, kind: 1.0}
 
     def teacher_generated(self, ctx: PassContext, teacher, blocks: torch.Tensor, sequences: int) -> torch.Tensor:
         """Sequence-level KD data: the teacher continues prompts drawn from the data (cached per teacher + data)."""

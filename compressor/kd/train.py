@@ -31,6 +31,22 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+class StateGroup:
+    """Several stateful parts checkpointed as one: keys are prefixed `name.` (one level, so tensors stay
+    top-level for the checkpoint's safetensors file)."""
+
+    def __init__(self, **parts: Stateful | None) -> None:
+        self.parts = {name: part for name, part in parts.items() if part is not None}
+
+    def state_dict(self) -> dict:
+        return {f"{name}.{key}": value for name, part in self.parts.items() for key, value in part.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, part in self.parts.items():
+            prefix = f"{name}."
+            part.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+
+
 @dataclass
 class TrainConfig:
     steps: int
@@ -176,7 +192,7 @@ def save_checkpoint(
     meta = {
         "step": step,
         "rng": rng_plain,
-        "extra": extra.state_dict() if extra else None,
+        "extra": split_tensors(extra.state_dict(), tmp / "extra.safetensors") if extra else None,
         "losses": result.losses,
         "parts": result.parts,
         "evaluations": result.evaluations,
@@ -200,6 +216,24 @@ def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def split_tensors(state: dict, path: Path) -> dict:
+    """Top-level tensors of a state dict go to a safetensors file, the rest stays JSON (replay buffers, say)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if tensors:
+        save_file(tensors, path)
+    return {**{k: v for k, v in state.items() if k not in tensors}, "__tensors__": sorted(tensors)}
+
+
+def join_tensors(state: dict, path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    names = state.get("__tensors__", [])
+    tensors = load_file(path) if names else {}
+    return {**{k: v for k, v in state.items() if k != "__tensors__"}, **{k: tensors[k] for k in names}}
+
+
 def latest_checkpoint(run_dir: Path | None) -> Path | None:
     if run_dir is None or not (run_dir / CHECKPOINTS).exists():
         return None
@@ -219,7 +253,7 @@ def load_checkpoint(
     meta = json.loads((folder / "trainer.json").read_text())
     restore_rng(load_file(folder / "rng.safetensors"), meta["rng"])
     if extra and meta["extra"]:
-        extra.load_state_dict(meta["extra"])
+        extra.load_state_dict(join_tensors(meta["extra"], folder / "extra.safetensors"))
     result.losses, result.parts = meta["losses"], meta["parts"]
     result.evaluations, result.tokens = meta["evaluations"], meta["tokens"]
     return int(meta["step"])

@@ -124,3 +124,26 @@ def test_teacher_generated_corpus_is_made_once_and_reused(tiny_dirs, tmp_path):
     assert metrics["teacher_corpus"]["reused"] is True
     name = "model.layers.1.mlp.down_proj.weight"
     assert torch.equal(first.weights[name], second.weights[name])
+
+
+def test_adaptive_off_policy_trains_on_generated_and_replayed_batches(tiny_dirs, tmp_path):
+    import json
+
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    run_distill(
+        teacher,
+        tmp_path,
+        steps=12,
+        batch_size=2,
+        seq_len=16,
+        adaptive_off_policy=True,
+        replay_phi=0.9,
+        replay_capacity=2,
+        eval_every=6,
+        eval_blocks=2,
+        loss="skew_kl",
+    )
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    kinds = {"generated" if "generated" in line else "replayed" if "replayed" in line else "data" for line in lines}
+    assert {"generated", "replayed"} <= kinds
+    assert [line["eval"]["replay_phi"] for line in lines if "eval" in line]

@@ -21,6 +21,15 @@ from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine, perplexity
 from compressor.ir import ModelIR
+from compressor.kd.features import (
+    CaptureQKV,
+    HiddenProjector,
+    WithProjector,
+    hidden_state_loss,
+    inner_model,
+    layer_map,
+    minilm_relation_loss,
+)
 from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
 from compressor.kd.losses import encoder_kd_loss, lm_cross_entropy
 from compressor.kd.objective import LMObjective
@@ -65,6 +74,9 @@ class DistillConfig(PassConfig):
     on_policy: float = Field(default=0.0, ge=0, le=1, description="λ: share of batches trained on student samples")
     generation_temperature: float = Field(default=0.9, gt=0)
     prompt_fraction: float = Field(default=0.5, gt=0, lt=1, description="share of a block kept as the prompt")
+    hidden_weight: float = Field(default=0.0, ge=0, description="FitNets hidden-state MSE (layer map, projection)")
+    relation_weight: float = Field(default=0.0, ge=0, description="MiniLM-v2 Q/K/V relation KL, last layer")
+    relation_heads: int | None = Field(default=None, ge=1, description="default: the teacher's kv heads")
     adaptive_off_policy: bool = Field(default=False, description="DistiLLM scheduler with a replay buffer")
     replay_phi: float = Field(default=0.2, ge=0, le=1, description="initial probability of student data")
     replay_capacity: int = Field(default=1000, ge=1)
@@ -80,6 +92,13 @@ class DistillConfig(PassConfig):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
+
+
+class IdentityIndex(torch.nn.Module):
+    """The projections already ran inside WithProjector: hidden_state_loss gets them as they are."""
+
+    def forward(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden
 
 
 @register
@@ -110,6 +129,10 @@ class Distill(Pass):
         accelerator = make_accelerator(ctx.device, config)
         shard = (accelerator.process_index, accelerator.num_processes)
         student = self.trainable(ir.materialize(accelerator.device, torch.float32))
+        self.pairs = layer_map(ir.num_layers, ctx.teacher.num_layers)
+        if cfg.hidden_weight > 0 and ir.task == "causal-lm":
+            projector = HiddenProjector(ir.config.hidden_size, ctx.teacher.config.hidden_size, len(self.pairs))
+            student = WithProjector(student, projector.to(accelerator.device), self.pairs)
         teacher = ctx.teacher_model.to(accelerator.device)
         objective = self.objective() if ir.task == "causal-lm" else None
         self.replay = (
@@ -152,9 +175,10 @@ class Distill(Pass):
                 "evaluations": result.evaluations,
             }
         )
-        return ir.absorb(self.finished(student))
+        return ir.absorb(self.finished(student.model if isinstance(student, WithProjector) else student))
 
     replay: ReplayScheduler | None = None
+    pairs: list[tuple[int, int]] = []
 
     def trainable(self, model):
         """The module the trainer updates; `lora_kd` wraps it in adapters here."""
@@ -181,6 +205,9 @@ class Distill(Pass):
         )
         cache = self.logit_cache(ctx, teacher, blocks) if cfg.teacher_signal != "online" else None
         replay = self.replay
+        pairs = self.pairs
+        if cache is not None and (cfg.hidden_weight or cfg.relation_weight):
+            raise UserError("distill: hidden_weight / relation_weight need the online teacher (teacher_signal: online)")
 
         def loss_fn(model, batch, step):
             ids = batch["input_ids"]
@@ -197,15 +224,35 @@ class Distill(Pass):
                 if decision == "replay":
                     sampled = replay.sample(ids.shape[0], step).to(ids.device)
                     return self.generated_loss(model, teacher, objective, sampled, step, "replayed")
-            student_logits = model(input_ids=ids).logits[:, :-1]
+            relations = cfg.relation_weight > 0
+            with CaptureQKV(model, relations) as student_qkv:
+                out = model(input_ids=ids)
+            student_logits = out.logits[:, :-1]
             if cache is not None:
                 target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
                 kd = sparse_kd_loss(student_logits, target_ids.flatten(0, 1), weights.flatten(0, 1))
                 ce = lm_cross_entropy(student_logits, ids[:, 1:])
                 return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce), "kd": float(kd)}
-            with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids).logits[:, :-1]
-            return objective(student_logits, teacher_logits, ids[:, 1:], step, cfg.steps)
+            with torch.no_grad(), CaptureQKV(teacher, relations) as teacher_qkv:
+                teacher_out = teacher(input_ids=ids, output_hidden_states=cfg.hidden_weight > 0)
+            loss, parts = objective(student_logits, teacher_out.logits[:, :-1], ids[:, 1:], step, cfg.steps)
+            if cfg.hidden_weight > 0:
+                hidden = hidden_state_loss(
+                    out.projected,
+                    [teacher_out.hidden_states[j + 1] for _, j in pairs],
+                    IdentityIndex(),
+                    [(k, k) for k in range(len(pairs))],
+                )
+                loss, parts = loss + cfg.hidden_weight * hidden, {**parts, "hidden": float(hidden.detach())}
+            if relations:
+                relation = minilm_relation_loss(
+                    [student_qkv[r] for r in "qkv"],
+                    [teacher_qkv[r] for r in "qkv"],
+                    cfg.relation_heads or teacher.config.num_key_value_heads,
+                    causal=True,
+                )
+                loss, parts = loss + cfg.relation_weight * relation, {**parts, "relation": float(relation.detach())}
+            return loss, parts
 
         held = (
             lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks) if cfg.eval_every else None
@@ -224,7 +271,7 @@ class Distill(Pass):
         """The student continues the first `prompt_fraction` of each block by sampling (no gradient)."""
         cfg: DistillConfig = self.config
         prompt = self.prompt_length(ids)
-        generator = getattr(model, "module", model)
+        generator = inner_model(model)
         generator.eval()
         with torch.no_grad():
             sampled = generator.generate(

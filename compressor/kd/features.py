@@ -82,3 +82,63 @@ def minilm_relation_loss(
         rows = None if attention_mask is None else attention_mask.bool()[:, None, :].expand_as(kl)
         total = total + masked_mean(kl, rows)
     return total
+
+
+class WithProjector(torch.nn.Module):
+    """The student plus its FitNets projections, trained together (so DDP sees the projections in forward);
+    `out.projected` holds W·h_S for each mapped layer. Only `.model` is kept after training."""
+
+    def __init__(self, model: torch.nn.Module, projector: HiddenProjector, pairs: list[tuple[int, int]]) -> None:
+        super().__init__()
+        self.model, self.projector, self.pairs = model, projector, pairs
+
+    def forward(self, **inputs):
+        out = self.model(**inputs, output_hidden_states=True)
+        out.projected = [self.projector(k, out.hidden_states[i + 1]) for k, (i, _) in enumerate(self.pairs)]
+        return out
+
+
+def inner_model(model: torch.nn.Module) -> torch.nn.Module:
+    """Through DDP's `.module` and WithProjector's `.model` to the transformers (or PEFT) model."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif isinstance(model, WithProjector):
+            model = model.model
+        else:
+            return model
+
+
+class CaptureQKV:
+    """Forward hooks on the last layer's query/key/value projections: their outputs, for relation losses."""
+
+    NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+    def __init__(self, model: torch.nn.Module, enabled: bool = True) -> None:
+        self.model, self.enabled, self.outputs, self.handles = inner_model(model), enabled, {}, []
+
+    def __enter__(self) -> dict[str, torch.Tensor]:
+        if not self.enabled:
+            return self.outputs
+        from compressor.importance import decoder_layers
+
+        last = decoder_layers(self.model)[-1]
+        modules = dict(last.named_modules())
+        for names in self.NAMES:
+            found = {n: m for n, m in modules.items() if n.split(".")[-1] in names}
+            if len(found) == 3:
+                for name, module in found.items():
+                    role = "qkv"[names.index(name.split(".")[-1])]
+                    self.handles.append(module.register_forward_hook(self.keep(role)))
+                return self.outputs
+        raise ValueError("relation loss: cannot find query/key/value projections in the last layer")
+
+    def keep(self, role: str):
+        def hook(module, args, output):
+            self.outputs[role] = output
+
+        return hook
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()

@@ -147,3 +147,24 @@ def test_adaptive_off_policy_trains_on_generated_and_replayed_batches(tiny_dirs,
     kinds = {"generated" if "generated" in line else "replayed" if "replayed" in line else "data" for line in lines}
     assert {"generated", "replayed"} <= kinds
     assert [line["eval"]["replay_phi"] for line in lines if "eval" in line]
+
+
+def test_hidden_and_relation_losses_start_at_zero_for_a_copy_of_the_teacher(tiny_dirs, tmp_path):
+    import json
+
+    teacher = ModelIR.load(tiny_dirs["qwen3"])
+    ctx = pass_context(teacher, tmp_path)
+    ctx.run_dir = tmp_path / "run"
+    config = DistillConfig(steps=3, batch_size=2, seq_len=16, hidden_weight=1.0, relation_weight=1.0, lr=1e-3)
+    trained = Distill(config).run(teacher, ctx)  # the student is the teacher itself
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["hidden"] < 1e-10 and first["relation"] < 1e-6 and first["kd"] < 1e-6
+    assert set(trained.weights) == set(teacher.weights)  # the projections were dropped
+
+
+def test_hidden_loss_trains_a_projection_for_a_different_width(tiny_dirs, tmp_path):
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    narrow = teacher.drop_layers([0, 2]).slice_group("hidden", list(range(24)))
+    ctx = pass_context(teacher, tmp_path)
+    trained = Distill(DistillConfig(steps=4, batch_size=2, seq_len=16, hidden_weight=1.0)).run(narrow, ctx)
+    assert trained.config.hidden_size == 24 and ctx.metrics["loss_last"] > 0

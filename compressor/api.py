@@ -22,6 +22,7 @@ from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.distributed import is_main_process
 from compressor.errors import GateError, UserError
 from compressor.evaluate import compare
+from compressor.fs import atomic_directory
 from compressor.ir import ModelIR
 from compressor.kd.train import resolve_device
 from compressor.pipeline import PassCache, run_pipeline
@@ -64,20 +65,8 @@ def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="compressor-rank-") as throwaway:
             yield Path(throwaway)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def with_teacher_lineage(ir: ModelIR, path: Path) -> ModelIR:

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from rich.console import Console
 
 import compressor
 from compressor.distributed import is_main_process
+from compressor.fs import atomic_directory
 from compressor.ir import ModelIR
 from compressor.ir.graph import sha256_file
 from passes.base import Pass, PassContext
@@ -72,22 +72,13 @@ class PassCache:
     def store(self, key: str, ir: ModelIR | None, record: dict, artifacts: Path) -> None:
         if not is_main_process():
             return
-        entry = self.entry(key)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=entry.parent))
-        try:
+        with atomic_directory(self.entry(key)) as tmp:
             if ir is not None:
                 ir.save(tmp / "ir")
             shutil.copytree(artifacts, tmp / "artifacts") if artifacts.exists() else (tmp / "artifacts").mkdir()
             (tmp / "record.json").write_text(json.dumps(record, indent=2, default=str))
             files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=2))
-            if entry.exists():
-                shutil.rmtree(entry)
-            tmp.rename(entry)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
 
 def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:

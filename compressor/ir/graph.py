@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 
 from compressor.errors import UserError
+from compressor.fs import atomic_directory
 from compressor.ir.families import adapter_for, adapter_named
 from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter, Member, layer_of
 from compressor.ir.weights import WeightStore, checkpoint_files
@@ -321,9 +321,7 @@ class ModelIR:
         from safetensors.torch import save_file
 
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_directory(out) as tmp:
             self.config.save_pretrained(tmp)
             state = {n: t.detach().cpu().contiguous() for n, t in self.weights.items()}
             split = split_torch_state_dict_into_shards(state, max_shard_size="4GB")
@@ -349,12 +347,6 @@ class ModelIR:
                 **(extra or {}),
             }
             (tmp / LINEAGE_FILE).write_text(json.dumps(record, indent=2, default=str))
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
     def summary(self, context: int = DEFAULT_CONTEXT) -> dict:

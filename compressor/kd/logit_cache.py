@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from compressor.errors import UserError
+from compressor.fs import atomic_directory
 from compressor.kd.sparse import random_sampling_targets, top_k_targets
 
 FORMAT = 1
@@ -91,12 +90,10 @@ class SparseLogitCache:
         """Run the teacher once over `blocks` [N, T] and store sparse targets for every predicted position."""
         from safetensors.torch import save_file
 
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         device = next(teacher.parameters()).device
         generator = torch.Generator(device="cpu")
         shards = []
-        try:
+        with atomic_directory(folder) as tmp:
             for shard_start in range(0, len(blocks), shard_blocks):
                 generator.manual_seed(seed * 1_000_003 + shard_start)  # fixed per shard: reproducible
                 shard = blocks[shard_start : shard_start + shard_blocks]
@@ -142,11 +139,6 @@ class SparseLogitCache:
                 "shards": shards,
             }
             (tmp / "index.json").write_text(json.dumps(index, indent=2))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return cls.open(folder, teacher_fingerprint, data_fingerprint)
 
     def targets(self, block_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from compressor.errors import UserError
+from compressor.fs import atomic_directory
 
 
 @dataclass(frozen=True)
@@ -85,18 +84,11 @@ def teacher_corpus(
         repeats = -(-settings.sequences // len(prompts))
         prompts = prompts.repeat(repeats, 1)
     blocks = generate_corpus(teacher, prompts, settings, pad_token_id)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as tmp:
         save_file({"ids": blocks.contiguous()}, tmp / "corpus.safetensors")
         (tmp / "index.json").write_text(
             json.dumps(
                 {"teacher": teacher_fingerprint, "data": data_fingerprint, "settings": asdict(settings)}, indent=2
             )
         )
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return blocks, False

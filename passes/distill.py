@@ -232,7 +232,7 @@ class Distill(Pass):
                 target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
                 kd = sparse_kd_loss(student_logits, target_ids.flatten(0, 1), weights.flatten(0, 1))
                 ce = lm_cross_entropy(student_logits, ids[:, 1:])
-                return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce), "kd": float(kd)}
+                return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce.detach()), "kd": float(kd.detach())}
             with torch.no_grad(), CaptureQKV(teacher, relations) as teacher_qkv:
                 teacher_out = teacher(input_ids=ids, output_hidden_states=cfg.hidden_weight > 0)
             loss, parts = objective(student_logits, teacher_out.logits[:, :-1], ids[:, 1:], step, cfg.steps)

@@ -31,12 +31,12 @@ from compressor.kd.features import (
     minilm_relation_loss,
 )
 from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
-from compressor.kd.losses import encoder_kd_loss, lm_cross_entropy
+from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.objective import LMObjective
 from compressor.kd.replay import ReplayScheduler
 from compressor.kd.schedules import DTSState, TAIDState
 from compressor.kd.seqkd import SamplingSettings, teacher_corpus
-from compressor.kd.sparse import sparse_kd_loss
+from compressor.kd.sparse import ce_and_sparse_kd
 from compressor.kd.train import IndexedBatches, StateGroup, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
 
@@ -230,8 +230,12 @@ class Distill(Pass):
             student_logits = out.logits[:, :-1]
             if cache is not None:
                 target_ids, weights = (t.to(ids.device) for t in cache.targets(batch["block_index"].cpu()))
-                kd = sparse_kd_loss(student_logits, target_ids.flatten(0, 1), weights.flatten(0, 1))
-                ce = lm_cross_entropy(student_logits, ids[:, 1:])
+                ce, kd = ce_and_sparse_kd(
+                    student_logits.reshape(-1, student_logits.shape[-1]),
+                    ids[:, 1:].reshape(-1),
+                    target_ids.flatten(0, 1),
+                    weights.flatten(0, 1),
+                )
                 return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce.detach()), "kd": float(kd.detach())}
             with torch.no_grad(), CaptureQKV(teacher, relations) as teacher_qkv:
                 teacher_out = teacher(input_ids=ids, output_hidden_states=cfg.hidden_weight > 0)

@@ -55,3 +55,21 @@ def sparse_kd_loss(
     log_q = F.log_softmax(rows.float(), dim=-1)
     picked = log_q.gather(1, ids.clamp_min(0).long())
     return -(weights.float() * picked * (ids >= 0)).sum(-1).mean()
+
+
+def ce_and_sparse_kd(
+    student_logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean CE and mean sparse KD (−Σ w_i log q_i) over the same tokens, sharing one logsumexp.
+
+    With log q_i = z_i − logsumexp(z): CE = lse − z_y and KD = lse − Σ w_i z_i (Σ w = 1), so the mix costs one
+    pass over the vocabulary — a cached-logit KD step costs what a CE step costs. `student_logits` [N, V],
+    `labels` [N] (no -100), ids/weights [N, K] with -1/0 where unused.
+    """
+    logits = student_logits.float()
+    lse = torch.logsumexp(logits, dim=-1)
+    ce = (lse - logits.gather(1, labels[:, None]).squeeze(1)).mean()
+    picked = logits.gather(1, ids.clamp_min(0).long())
+    used = weights.float() * (ids >= 0)
+    kd = (lse * used.sum(-1) - (used * picked).sum(-1)).mean()
+    return ce, kd

@@ -49,3 +49,20 @@ def test_top_k_is_biased_towards_the_head():
     ids, weights = top_k_targets(logits, k=5)
     p = F.softmax(logits, -1)[0]
     assert (weights[0] > p[ids[0]]).all()  # renormalising over the head inflates every kept probability
+
+
+def test_shared_logsumexp_mix_equals_the_separate_losses():
+    from compressor.kd.losses import lm_cross_entropy
+    from compressor.kd.sparse import ce_and_sparse_kd
+
+    logits = torch.randn(7, 30, generator=torch.Generator().manual_seed(6))
+    labels = torch.randint(0, 30, (7,), generator=torch.Generator().manual_seed(7))
+    ids, weights = random_sampling_targets(torch.randn(7, 30), draws=10, generator=torch.Generator().manual_seed(8))
+    a = logits.clone().requires_grad_(True)
+    ce, kd = ce_and_sparse_kd(a, labels, ids, weights)
+    (0.5 * ce + 0.5 * kd).backward()
+    b = logits.clone().requires_grad_(True)
+    ce_ref, kd_ref = lm_cross_entropy(b, labels), sparse_kd_loss(b, ids, weights)
+    (0.5 * ce_ref + 0.5 * kd_ref).backward()
+    assert torch.allclose(ce, ce_ref, atol=1e-6) and torch.allclose(kd, kd_ref, atol=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6)

@@ -55,6 +55,20 @@ def timed_steps(step, warmup: int = 2, runs: int = 6) -> float:
     return statistics.median(times)
 
 
+def interleaved(steps, warmup: int = 2, rounds: int = 10) -> list[float]:
+    """Median time of each step, measured in alternating rounds so drift on the machine hits all alike."""
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for index, step in enumerate(steps):
+            start = time.perf_counter()
+            step()
+            times[index].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 def step_times() -> dict:
     from compressor.kd.losses import lm_cross_entropy
     from compressor.kd.objective import LMObjective
@@ -91,9 +105,7 @@ def step_times() -> dict:
         ce, kd = ce_and_sparse_kd(logits, ids[:, 1:].reshape(-1), cached_ids, cached_weights.float())
         update(0.5 * ce + 0.5 * kd)
 
-    ce = timed_steps(ce_step)
-    online = timed_steps(online_step)
-    cached = timed_steps(cached_step)
+    ce, online, cached = interleaved([ce_step, online_step, cached_step])
     with torch.no_grad():
         teacher_forward = timed_steps(lambda: teacher(input_ids=ids))
         probs = torch.softmax(flat, -1)

@@ -7,6 +7,7 @@ TRL beta=0, lmbda=0, no CE; ours loss=fkl, alpha=1), off-policy, CPU fp32. Print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -91,7 +92,8 @@ def trl(teacher: ModelIR, student: ModelIR, blocks: torch.Tensor, tokenizer, arg
         data_collator=collate,
         processing_class=tokenizer,
     )
-    metrics = trainer.train().metrics
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its logs; stdout stays one JSON object
+        metrics = trainer.train().metrics
     tokens = args.steps * args.batch_size * args.seq_len
     return {
         "tokens": tokens,

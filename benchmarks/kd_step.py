@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from compressor.onnx_bench import timed
+
 VOCAB, HIDDEN, FFN, HEADS = 32000, 512, 1376, 8
 HEAD_SCALE = 12.0
 BATCH, SEQ = 4, 256
@@ -42,17 +44,6 @@ def model(layers: int, seed: int):
 
 def matmul_params(m) -> int:
     return sum(p.numel() for n, p in m.named_parameters() if p.ndim == 2 and "embed_tokens" not in n)
-
-
-def timed_steps(step, warmup: int = 2, runs: int = 6) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def interleaved(steps, warmup: int = 2, rounds: int = 10) -> list[float]:
@@ -107,7 +98,7 @@ def step_times() -> dict:
 
     ce, online, cached = interleaved([ce_step, online_step, cached_step])
     with torch.no_grad():
-        teacher_forward = timed_steps(lambda: teacher(input_ids=ids))
+        teacher_forward = statistics.median(timed(lambda: teacher(input_ids=ids), warmup=2, runs=6))
         probs = torch.softmax(flat, -1)
         entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean())
     n_teacher, n_student = matmul_params(teacher), matmul_params(student)

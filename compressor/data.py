@@ -10,7 +10,7 @@ import ast
 import hashlib
 import re
 import sysconfig
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -164,17 +164,6 @@ def lm_blocks(tokenizer, docs: Sequence[str], seq_len: int, max_blocks: int | No
 
 def encode_sentences(tokenizer, texts: Sequence[str], max_len: int) -> dict[str, torch.Tensor]:
     return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"))
-
-
-def batches(n: int, batch_size: int, seed: int, epochs_forever: bool = True) -> Iterator[torch.Tensor]:
-    """Index batches over n items: a fresh seeded permutation per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            yield order[start : start + batch_size]
-        if not epochs_forever:
-            return
 
 
 def read_sts(path: str | Path) -> list[tuple[str, str, float]]:

@@ -10,16 +10,9 @@ Models over 2 GB are written with external data.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 TWO_GB = 2 * 1024**3
-
-
-def uses_external_data(path: Path) -> bool:
-    return any(f.suffix != ".onnx" and f.name.startswith(path.stem) for f in path.parent.iterdir()) or (
-        path.stat().st_size > TWO_GB
-    )
 
 
 def save_model(model, path: Path) -> None:
@@ -91,7 +84,3 @@ def convert_fp16(onnx_file: Path, out_file: Path) -> None:
 
     model = onnx.load(str(onnx_file))
     save_model(convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True), out_file)
-
-
-def replace_file(source: Path, destination: Path) -> None:
-    shutil.move(str(source), str(destination))

@@ -94,13 +94,6 @@ class DistillConfig(PassConfig):
     max_grad_norm: float = Field(default=1.0, gt=0)
 
 
-class IdentityIndex(torch.nn.Module):
-    """The projections already ran inside WithProjector: hidden_state_loss gets them as they are."""
-
-    def forward(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden
-
-
 @register
 class Distill(Pass):
     name = "distill"
@@ -244,7 +237,7 @@ class Distill(Pass):
                 hidden = hidden_state_loss(
                     out.projected,
                     [teacher_out.hidden_states[j + 1] for _, j in pairs],
-                    IdentityIndex(),
+                    None,
                     [(k, k) for k in range(len(pairs))],
                 )
                 loss, parts = loss + cfg.hidden_weight * hidden, {**parts, "hidden": float(hidden.detach())}

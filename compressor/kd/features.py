@@ -40,10 +40,11 @@ def hidden_state_loss(
     pairs: list[tuple[int, int]],
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(1/|M|) Σ_{(i,j)∈M} MSE(W_ij h_S,i + b, h_T,j) over valid tokens."""
+    """(1/|M|) Σ_{(i,j)∈M} MSE(W_ij h_S,i + b, h_T,j) over valid tokens (projector None: already projected)."""
     losses = []
     for k, (i, j) in enumerate(pairs):
-        diff = (projector(k, student_hidden[i].float()) - teacher_hidden[j].float()).pow(2).mean(-1)
+        projected = student_hidden[i] if projector is None else projector(k, student_hidden[i].float())
+        diff = (projected.float() - teacher_hidden[j].float()).pow(2).mean(-1)
         losses.append(masked_mean(diff, mask))
     return torch.stack(losses).mean()
 

@@ -13,12 +13,6 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def common_vocab(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut both logits to the shared vocabulary size (extra rows are tokenizer padding)."""
-    vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
-    return student_logits[..., :vocab], teacher_logits[..., :vocab]
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean of per-token `values` over the tokens where `mask` is true (all tokens when mask is None)."""
     if mask is None:

@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
+from compressor.fs import atomic_directory
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -181,26 +183,22 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     folder = run_dir / CHECKPOINTS / f"step-{step:08d}"
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-    save_file(dedupe_shared(state), tmp / "model.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    rng_tensors, rng_plain = rng_state()
-    save_file(rng_tensors, tmp / "rng.safetensors")
-    meta = {
-        "step": step,
-        "rng": rng_plain,
-        "extra": split_tensors(extra.state_dict(), tmp / "extra.safetensors") if extra else None,
-        "losses": result.losses,
-        "parts": result.parts,
-        "evaluations": result.evaluations,
-        "tokens": result.tokens,
-    }
-    (tmp / "trainer.json").write_text(json.dumps(meta, default=float))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    with atomic_directory(folder) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+        save_file(dedupe_shared(state), tmp / "model.safetensors")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        rng_tensors, rng_plain = rng_state()
+        save_file(rng_tensors, tmp / "rng.safetensors")
+        meta = {
+            "step": step,
+            "rng": rng_plain,
+            "extra": split_tensors(extra.state_dict(), tmp / "extra.safetensors") if extra else None,
+            "losses": result.losses,
+            "parts": result.parts,
+            "evaluations": result.evaluations,
+            "tokens": result.tokens,
+        }
+        (tmp / "trainer.json").write_text(json.dumps(meta, default=float))
     return folder
 
 

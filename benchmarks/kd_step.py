@@ -1,9 +1,11 @@
 """KD step cost against a CE-only step, and the peak memory of the logit loss (issue: distillation engine).
 
 Teacher about 2x the student (llama-style, hidden 512, 12 vs 3 layers, vocabulary 32k), one batch of
-4 x 256 tokens, CPU fp32. Prints one JSON object with ce_step_s, kd_online_step_s, kd_cached_step_s,
-flop_bound (1 + N_teacher / (3 N_student), N = matmul parameters per token), online_ratio, cached_ratio and
-loss_peak_mem_ratio (peak extra memory of KD-loss forward+backward over CE's, each in a fresh process).
+4 x 256 tokens, CPU fp32. Steps run in interleaved rounds; each ratio is the median over rounds of the KD
+step against the CE step of the same round, with its spread. Prints one JSON object with ce_step_s,
+kd_online_step_s, kd_cached_step_s, flop_bound (1 + N_teacher / (3 N_student), N = matmul parameters per
+token), online_ratio, cached_ratio and loss_peak_mem_ratio (peak extra memory of KD-loss forward+backward
+over CE's, each in a fresh process).
 
     python benchmarks/kd_step.py
 """
@@ -46,8 +48,8 @@ def matmul_params(m) -> int:
     return sum(p.numel() for n, p in m.named_parameters() if p.ndim == 2 and "embed_tokens" not in n)
 
 
-def interleaved(steps, warmup: int = 2, rounds: int = 10) -> list[float]:
-    """Median time of each step, measured in alternating rounds so drift on the machine hits all alike."""
+def interleaved(steps, warmup: int = 2, rounds: int = 12) -> list[list[float]]:
+    """Times of each step, measured in alternating rounds so drift on the machine hits all alike."""
     for _ in range(warmup):
         for step in steps:
             step()
@@ -57,7 +59,20 @@ def interleaved(steps, warmup: int = 2, rounds: int = 10) -> list[float]:
             start = time.perf_counter()
             step()
             times[index].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def ratio_spread(numerator: list[float], denominator: list[float]) -> dict:
+    """Per-round ratios (each against the CE step of the same round): median, quartiles, min and max."""
+    ratios = sorted(n / d for n, d in zip(numerator, denominator, strict=True))
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return {
+        "median": round(statistics.median(ratios), 4),
+        "q1": round(q1, 4),
+        "q3": round(q3, 4),
+        "min": round(ratios[0], 4),
+        "max": round(ratios[-1], 4),
+    }
 
 
 def step_times() -> dict:
@@ -96,7 +111,9 @@ def step_times() -> dict:
         ce, kd = ce_and_sparse_kd(logits, ids[:, 1:].reshape(-1), cached_ids, cached_weights.float())
         update(0.5 * ce + 0.5 * kd)
 
-    ce, online, cached = interleaved([ce_step, online_step, cached_step])
+    ce_times, online_times, cached_times = interleaved([ce_step, online_step, cached_step])
+    ce, online, cached = (statistics.median(t) for t in (ce_times, online_times, cached_times))
+    online_spread, cached_spread = ratio_spread(online_times, ce_times), ratio_spread(cached_times, ce_times)
     with torch.no_grad():
         teacher_forward = statistics.median(timed(lambda: teacher(input_ids=ids), warmup=2, runs=6))
         probs = torch.softmax(flat, -1)
@@ -108,9 +125,12 @@ def step_times() -> dict:
         "kd_online_step_s": round(online, 4),
         "kd_cached_step_s": round(cached, 4),
         "flop_bound": round(bound, 4),
-        "online_ratio": round(online / ce, 4),
-        "cached_ratio": round(cached / ce, 4),
-        "online_over_flop_bound": round(online / ce / bound, 4),
+        "online_ratio": online_spread["median"],
+        "cached_ratio": cached_spread["median"],
+        "online_over_flop_bound": round(online_spread["median"] / bound, 4),
+        "online_ratio_spread": online_spread,
+        "cached_ratio_spread": cached_spread,
+        "rounds": len(ce_times),
         "teacher_forward_s": round(teacher_forward, 4),
         "teacher_entropy_nats": round(entropy, 3),
         "teacher_matmul_params": n_teacher,

@@ -35,6 +35,7 @@ RUNS = {  # name -> distill settings on top of the shared ones
     "taid": {"loss": "taid"},
     "fkl_rs_cache": {"loss": "fkl", "teacher_signal": "rs_cache"},
     "fkl_teacher_corpus": {"loss": "fkl", "data_source": "teacher"},
+    "fkl_mixed_corpus": {"loss": "fkl", "data_source": "mixed"},
 }
 
 

@@ -57,8 +57,54 @@ def sparse_kd_loss(
     return -(weights.float() * picked * (ids >= 0)).sum(-1).mean()
 
 
+class ChunkedCEAndSparseKD(torch.autograd.Function):
+    """(Σ CE, Σ sparse KD) over tokens with one logsumexp per row and an analytic backward.
+
+    With log q_i = z_i − lse(z): CE = lse − z_y and KD = Σ_i w_i (lse − z_i), so
+    ∂/∂z = q·(g_ce + g_kd·Σw) − g_ce·onehot(y) − g_kd·Σ_i w_i·onehot(i).
+    The backward writes that straight into the gradient buffer chunk by chunk: no [N, V] log-softmax is kept
+    and no zero-filled buffers are scattered into, so the loss costs what CE's own softmax costs.
+    """
+
+    @staticmethod
+    def forward(ctx, student, labels, ids, weights, chunk_size: int):
+        compute = torch.promote_types(student.dtype, torch.float32)  # fp32 softmax, fp64 kept for gradcheck
+        lse = torch.empty(student.shape[0], dtype=compute, device=student.device)
+        for start in range(0, student.shape[0], chunk_size):
+            lse[start : start + chunk_size] = torch.logsumexp(student[start : start + chunk_size].to(compute), dim=-1)
+        used = weights.to(compute) * (ids >= 0)
+        safe_ids = ids.clamp_min(0).long()
+        label_logits = student.gather(1, labels[:, None]).squeeze(1).to(compute)
+        picked = student.gather(1, safe_ids).to(compute)
+        ce_total = (lse - label_logits).sum()
+        kd_total = (lse * used.sum(-1) - (used * picked).sum(-1)).sum()
+        ctx.save_for_backward(student, labels, safe_ids, used, lse)
+        ctx.chunk_size = chunk_size
+        return ce_total, kd_total
+
+    @staticmethod
+    def backward(ctx, grad_ce: torch.Tensor, grad_kd: torch.Tensor):
+        student, labels, ids, used, lse = ctx.saved_tensors
+        grad = torch.empty_like(student)
+        coefficient = grad_ce + grad_kd * used.sum(-1)  # [N]
+        for start in range(0, student.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            chunk = grad[rows]
+            if chunk.dtype == lse.dtype:
+                torch.sub(student[rows], lse[rows, None], out=chunk).exp_().mul_(coefficient[rows, None])
+            else:  # half-precision logits: the softmax still runs in fp32
+                chunk.copy_((student[rows].to(lse.dtype) - lse[rows, None]).exp_().mul_(coefficient[rows, None]))
+        grad.scatter_add_(1, labels[:, None], (-grad_ce).expand(grad.shape[0], 1).to(grad.dtype))
+        grad.scatter_add_(1, ids, (-grad_kd * used).to(grad.dtype))
+        return grad, None, None, None, None
+
+
 def ce_and_sparse_kd(
-    student_logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    ids: torch.Tensor,
+    weights: torch.Tensor,
+    chunk_size: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean CE and mean sparse KD (−Σ w_i log q_i) over the same tokens, sharing one logsumexp.
 
@@ -66,10 +112,6 @@ def ce_and_sparse_kd(
     pass over the vocabulary — a cached-logit KD step costs what a CE step costs. `student_logits` [N, V],
     `labels` [N] (no -100), ids/weights [N, K] with -1/0 where unused.
     """
-    logits = student_logits.float()
-    lse = torch.logsumexp(logits, dim=-1)
-    ce = (lse - logits.gather(1, labels[:, None]).squeeze(1)).mean()
-    picked = logits.gather(1, ids.clamp_min(0).long())
-    used = weights.float() * (ids >= 0)
-    kd = (lse * used.sum(-1) - (used * picked).sum(-1)).mean()
-    return ce, kd
+    count = max(1, student_logits.shape[0])
+    ce_sum, kd_sum = ChunkedCEAndSparseKD.apply(student_logits, labels, ids, weights, chunk_size)
+    return ce_sum / count, kd_sum / count

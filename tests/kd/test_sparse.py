@@ -66,3 +66,25 @@ def test_shared_logsumexp_mix_equals_the_separate_losses():
     (0.5 * ce_ref + 0.5 * kd_ref).backward()
     assert torch.allclose(ce, ce_ref, atol=1e-6) and torch.allclose(kd, kd_ref, atol=1e-6)
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_fused_ce_and_sparse_kd_chunks_and_passes_gradcheck():
+    from compressor.kd.losses import lm_cross_entropy
+    from compressor.kd.sparse import ChunkedCEAndSparseKD, ce_and_sparse_kd
+
+    logits = torch.randn(9, 20, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    labels = torch.randint(0, 20, (9,), generator=torch.Generator().manual_seed(10))
+    ids, weights = top_k_targets(torch.randn(9, 20, generator=torch.Generator().manual_seed(11)), k=4)
+    ids[0, 2:] = -1  # unused slots must contribute nothing
+    weights[0, 2:] = 0
+    a = logits.clone().requires_grad_(True)
+    ce, kd = ce_and_sparse_kd(a, labels, ids, weights, chunk_size=2)
+    (0.3 * ce + 0.7 * kd).backward()
+    b = logits.clone().requires_grad_(True)
+    (0.3 * lm_cross_entropy(b, labels) + 0.7 * sparse_kd_loss(b, ids, weights)).backward()
+    assert torch.allclose(a.grad, b.grad, atol=1e-10)
+    x = logits.clone().requires_grad_(True)
+    w64 = weights.double()
+    assert torch.autograd.gradcheck(
+        lambda z: ChunkedCEAndSparseKD.apply(z, labels, ids.clamp_min(-1), w64, 4), (x,), eps=1e-6, atol=1e-6
+    )

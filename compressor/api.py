@@ -102,6 +102,16 @@ class ModelRequest:
     show_progress: bool = True
 
 
+def teacher_model_type(teacher: str | None) -> str | None:
+    """The teacher's model_type from its config.json (None when unknown: the load reports the problem later)."""
+    if not teacher:
+        return None
+    try:
+        return json.loads((Path(teacher) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
 def resolve_recipe(request: ModelRequest) -> Recipe:
     """The recipe file (if any) with command-line flags layered on top, validated as a whole."""
     raw: dict[str, Any] = load_recipe(request.recipe).model_dump() if request.recipe else {}
@@ -124,7 +134,7 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.device:
         raw["device"] = request.device
     if not raw.get("passes"):
-        raw["passes"] = default_passes("any")
+        raw["passes"] = default_passes(teacher_model_type(raw.get("teacher")), bool(raw.get("budget")))
     if request.steps is not None:
         for entry in raw["passes"]:
             if "distill" in entry:

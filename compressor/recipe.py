@@ -124,8 +124,16 @@ def load_recipe(path: str | Path) -> Recipe:
     return parse_recipe(raw, str(path))
 
 
-def default_passes(task: str) -> list[dict[str, dict[str, Any] | None]]:
-    """The search-free default: inherit layers by importance, distil, export."""
+MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
+
+
+def default_passes(model_type: str | None = None, budget_given: bool = False) -> list[dict[str, dict[str, Any] | None]]:
+    """The search-free default: inherit layers by importance, distil, export. An MoE teacher first becomes
+    dense (`moe_to_dense`, which is its compression: every layer keeps one expert's compute), then is refined by
+    distillation from the MoE; layers are dropped as well only when the user asked for a budget."""
+    if model_type in MOE_MODEL_TYPES:
+        inherit = [{"inherit": {}}] if budget_given else []
+        return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
     return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
 
 

@@ -21,6 +21,7 @@ from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine, perplexity
 from compressor.ir import ModelIR
+from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
     CaptureQKV,
     HiddenProjector,
@@ -32,6 +33,14 @@ from compressor.kd.features import (
 )
 from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
 from compressor.kd.losses import encoder_kd_loss
+from compressor.kd.moe_teacher import (
+    WithTeacherRouter,
+    augmented_teacher_logits,
+    prepare_student_aware_router,
+    router_parameters,
+    student_aware_router_loss,
+    teacher_routing,
+)
 from compressor.kd.objective import LMObjective
 from compressor.kd.replay import ReplayScheduler
 from compressor.kd.schedules import DTSState, TAIDState
@@ -39,6 +48,12 @@ from compressor.kd.seqkd import SamplingSettings, teacher_corpus
 from compressor.kd.sparse import ce_and_sparse_kd
 from compressor.kd.train import IndexedBatches, StateGroup, TrainConfig, make_accelerator, train
 from passes.base import Pass, PassConfig, PassContext, register
+
+
+def router_shift(original: torch.nn.Module, trained: torch.nn.Module) -> float:
+    """Largest absolute change of any router weight (SAR): shows the teacher's routers did move."""
+    pairs = zip(router_parameters(original), router_parameters(trained), strict=True)
+    return max(float((a.detach().cpu() - b.detach().cpu()).abs().max()) for a, b in pairs)
 
 
 class DistillConfig(PassConfig):
@@ -81,6 +96,14 @@ class DistillConfig(PassConfig):
     replay_phi: float = Field(default=0.2, ge=0, le=1, description="initial probability of student data")
     replay_capacity: int = Field(default=1000, ge=1)
     replay_loss_eps: float = Field(default=0.1, ge=0, description="validation-loss rise that raises phi by 0.1")
+    teacher_routing: Literal["topk", "ka", "sar"] = Field(
+        default="topk",
+        description="MoE teachers (§5c): own top-k routing, Knowledge Augmentation (sampled routing, M passes), "
+        "or Student-Aware Router (dense mixture, routers trained with the student)",
+    )
+    ka_samples: int = Field(default=2, ge=1, description="KA: teacher passes M per step")
+    ka_temperature: float = Field(default=1.0, gt=0, description="KA: router sampling temperature")
+    sar_teacher_lm_weight: float = Field(default=1.0, ge=0, description="SAR: weight of the teacher's own LM loss")
     grad_accumulation: int = Field(default=1, ge=1)
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
@@ -104,6 +127,7 @@ class Distill(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: DistillConfig = self.config
         torch.manual_seed(ctx.seed)
+        self.routing_seed = ctx.seed
         lr = cfg.lr or (1e-3 if ir.task == "causal-lm" else 2e-4)
         config = TrainConfig(
             steps=cfg.steps,
@@ -126,7 +150,13 @@ class Distill(Pass):
         if cfg.hidden_weight > 0 and ir.task == "causal-lm":
             projector = HiddenProjector(ir.config.hidden_size, ctx.teacher.config.hidden_size, len(self.pairs))
             student = WithProjector(student, projector.to(accelerator.device), self.pairs)
-        teacher = ctx.teacher_model.to(accelerator.device)
+        self.check_routing(ctx, ir)
+        if cfg.teacher_routing == "sar":  # a private teacher: its routers change, the run's teacher must not
+            teacher = ctx.teacher.materialize(accelerator.device, torch.float32)
+            prepare_student_aware_router(teacher)
+            student = WithTeacherRouter(student, teacher)
+        else:
+            teacher = ctx.teacher_model.to(accelerator.device)
         objective = self.objective() if ir.task == "causal-lm" else None
         self.replay = (
             ReplayScheduler(cfg.replay_phi, cfg.replay_capacity, cfg.replay_loss_eps, ctx.seed)
@@ -168,10 +198,49 @@ class Distill(Pass):
                 "evaluations": result.evaluations,
             }
         )
-        return ir.absorb(self.finished(student.model if isinstance(student, WithProjector) else student))
+        if cfg.teacher_routing == "sar":
+            ctx.metrics["sar_router_shift"] = round(router_shift(ctx.teacher_model, teacher), 6)
+        return ir.absorb(self.finished(inner_model(student)))
 
     replay: ReplayScheduler | None = None
     pairs: list[tuple[int, int]] = []
+
+    def check_routing(self, ctx: PassContext, ir: ModelIR) -> None:
+        """KA and SAR need an MoE teacher, online logits and a stateless divergence (one teacher target per step)."""
+        cfg: DistillConfig = self.config
+        if cfg.teacher_routing == "topk":
+            return
+        problems = [
+            (ctx.teacher.family != "moe", f"the teacher is {ctx.teacher.config.model_type}, not a mixture of experts"),
+            (ir.task != "causal-lm", "the student is not a causal LM"),
+            (cfg.teacher_signal != "online", "it needs the online teacher (teacher_signal: online)"),
+            (cfg.loss == "taid" or cfg.temperature_schedule == "dts", "TAID / DTS keep one state per teacher target"),
+            (bool(cfg.on_policy or cfg.adaptive_off_policy), "on-policy batches use the teacher's own routing"),
+            (bool(cfg.hidden_weight or cfg.relation_weight), "hidden/relation losses use the teacher's own routing"),
+            (cfg.teacher_routing == "sar" and cfg.loss not in DIVERGENCES, f"SAR takes {', '.join(DIVERGENCES)}"),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise UserError(f"distill: teacher_routing {cfg.teacher_routing!r}: {reason}")
+
+    def routed_teacher_loss(self, teacher, objective: LMObjective, student_logits, ids, step: int):
+        """KA: the mean objective over M sampled-routing teachers. SAR: the joint student + router objective."""
+        cfg: DistillConfig = self.config
+        labels = ids[:, 1:]
+        if cfg.teacher_routing == "ka":
+            generator = torch.Generator(device=ids.device).manual_seed(self.routing_seed * 1_000_003 + step)
+            losses, parts = [], {}
+            for logits in augmented_teacher_logits(teacher, ids, cfg.ka_samples, cfg.ka_temperature, generator):
+                loss, parts = objective(student_logits, logits[:, :-1], labels, step, cfg.steps)
+                losses.append(loss)
+            return torch.stack(losses).mean(), parts
+        with teacher_routing(teacher, "dense"):
+            teacher_logits = teacher(input_ids=ids).logits[:, :-1]
+        return student_aware_router_loss(
+            student_logits, teacher_logits, labels, cfg.alpha, cfg.sar_teacher_lm_weight, cfg.loss
+        )
+
+    routing_seed: int = 0
 
     def trainable(self, model):
         """The module the trainer updates; `lora_kd` wraps it in adapters here."""
@@ -230,6 +299,8 @@ class Distill(Pass):
                     weights.flatten(0, 1),
                 )
                 return (1 - cfg.alpha) * ce + cfg.alpha * kd, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+            if cfg.teacher_routing != "topk":
+                return self.routed_teacher_loss(teacher, objective, student_logits, ids, step)
             with torch.no_grad(), CaptureQKV(teacher, relations) as teacher_qkv:
                 teacher_out = teacher(input_ids=ids, output_hidden_states=cfg.hidden_weight > 0)
             loss, parts = objective(student_logits, teacher_out.logits[:, :-1], ids[:, 1:], step, cfg.steps)

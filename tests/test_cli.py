@@ -150,6 +150,20 @@ def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
     assert report["cached_passes"] == ["inherit", "distill", "export"]
 
 
+def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "moe"
+    args = ["model", tiny_dirs["mixtral"], "--data", DATA / "tinystories_dev.txt", "--steps", "2", "--out", out]
+    code, _, err = run(capsys, *args, "--quiet")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["passes"]] == ["moe_to_dense", "distill", "export"]
+    assert report["onnx"]["passed"]
+    student = AutoModelForCausalLM.from_pretrained(out / "student")
+    assert student.config.model_type == "mistral"
+    gathered = report["passes"][0]["metrics"]
+    assert len(gathered["layers"]) == 3 and "gathered_ppl" in gathered
+
+
 def test_single_pass_inspect_and_eval(capsys, tmp_path, tiny_dirs):
     student = tmp_path / "student"
     code, out, err = run(

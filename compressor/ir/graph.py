@@ -232,6 +232,17 @@ class ModelIR:
         }
         return self.apply(edit, record)
 
+    def moe_layer(self, layer: int) -> dict:
+        """Layer `layer`'s router, stacked experts and shared expert by role (see `moe_layer_tensors`)."""
+        from compressor.ir.families.moe import moe_layer_tensors
+
+        if self.family != "moe":
+            raise UserError(f"moe_layer: the model is {self.config.model_type}, not a mixture of experts")
+        if not 0 <= layer < self.num_layers:
+            raise UserError(f"moe_layer: layer {layer} is out of range 0..{self.num_layers - 1}")
+        stem = next(m["stem"] for n in self.weights if (m := LAYER_PATTERN.match(n)))
+        return moe_layer_tensors(self.config, self.weights, stem, layer)
+
     def replace_ffn(self, ffns: Mapping[int, Mapping[str, torch.Tensor]]) -> ModelIR:
         """Replace FFNs by dense SwiGLU FFNs given as {layer: {"gate": [f,d], "up": [f,d], "down": [d,f]}}.
 

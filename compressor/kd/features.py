@@ -89,6 +89,8 @@ class WithProjector(torch.nn.Module):
     """The student plus its FitNets projections, trained together (so DDP sees the projections in forward);
     `out.projected` holds W·h_S for each mapped layer. Only `.model` is kept after training."""
 
+    wraps_student = True
+
     def __init__(self, model: torch.nn.Module, projector: HiddenProjector, pairs: list[tuple[int, int]]) -> None:
         super().__init__()
         self.model, self.projector, self.pairs = model, projector, pairs
@@ -100,11 +102,11 @@ class WithProjector(torch.nn.Module):
 
 
 def inner_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Through DDP's `.module` and WithProjector's `.model` to the transformers (or PEFT) model."""
+    """Through DDP's `.module` and a wrapper's `.model` to the transformers (or PEFT) model."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
-        elif isinstance(model, WithProjector):
+        elif getattr(model, "wraps_student", False):  # WithProjector, WithTeacherRouter
             model = model.model
         else:
             return model

@@ -168,3 +168,35 @@ def test_hidden_loss_trains_a_projection_for_a_different_width(tiny_dirs, tmp_pa
     ctx = pass_context(teacher, tmp_path)
     trained = Distill(DistillConfig(steps=4, batch_size=2, seq_len=16, hidden_weight=1.0)).run(narrow, ctx)
     assert trained.config.hidden_size == 24 and ctx.metrics["loss_last"] > 0
+
+
+def dense_student_of(teacher, tmp_path):
+    from passes.moe_to_dense import MoEToDense, MoEToDenseConfig
+
+    config = MoEToDenseConfig(calibration_tokens=256, seq_len=32, eval_blocks=0, speed_runs=0)
+    return MoEToDense(config).run(teacher, pass_context(teacher, tmp_path / "gather"))
+
+
+@pytest.mark.parametrize("routing", ["ka", "sar"])
+def test_moe_teacher_routing_modes_train_the_dense_student(tiny_dirs, tmp_path, routing):
+    from compressor.kd.moe_teacher import router_parameters
+
+    teacher = ModelIR.load(tiny_dirs["mixtral"])
+    student = dense_student_of(teacher, tmp_path)
+    ctx = pass_context(teacher, tmp_path)
+    before = [p.detach().clone() for p in router_parameters(ctx.teacher_model)]
+    config = DistillConfig(steps=3, batch_size=2, seq_len=32, teacher_routing=routing, checkpoint_every=0)
+    trained = Distill(config).run(student, ctx)
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(student.weights[name], trained.weights[name])
+    assert all(torch.equal(a, b) for a, b in zip(before, router_parameters(ctx.teacher_model), strict=True))
+    if routing == "sar":  # the private teacher's routers moved; the run's teacher did not
+        assert ctx.metrics["sar_router_shift"] > 0
+
+
+def test_moe_routing_modes_need_an_moe_teacher(tiny_dirs, tmp_path):
+    from compressor.errors import UserError
+
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    with pytest.raises(UserError, match="not a mixture of experts"):
+        run_distill(teacher, tmp_path, steps=1, batch_size=2, seq_len=32, teacher_routing="ka")

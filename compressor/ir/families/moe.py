@@ -108,3 +108,33 @@ class MoEAdapter(LlamaAdapter):
                         drops.append(name)
         setattr(config, count_key, kept)
         return Edit(config, updates, renames, drops)
+
+
+MIXTRAL_PROJECTIONS = {"gate": "w1", "up": "w3", "down": "w2"}
+QWEN_PROJECTIONS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+def moe_layer_tensors(config, weights: Mapping[str, torch.Tensor], stem: str, layer: int) -> dict:
+    """One MoE layer's tensors by role: router [E, d]; experts' gate/up [E, f, d] and down [E, d, f]; and, for
+    Qwen2-MoE, the shared expert's gate/up/down and its sigmoid gate [1, d] (None where the family has none)."""
+    if config.model_type == "mixtral":
+        block, projections, count = f"{stem}{layer}.block_sparse_moe", MIXTRAL_PROJECTIONS, config.num_local_experts
+    else:
+        block, projections, count = f"{stem}{layer}.mlp", QWEN_PROJECTIONS, config.num_experts
+    if f"{block}.gate.weight" not in weights:
+        raise UserError(f"layer {layer} has no MoE router ({block}.gate.weight); is it a dense layer?")
+    experts = {
+        role: torch.stack([weights[f"{block}.experts.{e}.{name}.weight"] for e in range(count)])
+        for role, name in projections.items()
+    }
+    shared = None
+    if f"{block}.shared_expert.gate_proj.weight" in weights:
+        shared = {role: weights[f"{block}.shared_expert.{name}.weight"] for role, name in QWEN_PROJECTIONS.items()}
+        shared["sigmoid_gate"] = weights[f"{block}.shared_expert_gate.weight"]
+    return {
+        "router": weights[f"{block}.gate.weight"],
+        **experts,
+        "shared": shared,
+        "top_k": int(config.num_experts_per_tok),
+        "normalize_top_k": bool(getattr(config, "norm_topk_prob", True)),
+    }

@@ -1,0 +1,63 @@
+"""What each MoE layer sees and says on calibration tokens: the inputs and outputs of its sparse block.
+
+Knowledge gathering (ALGORITHMS §5b, §8) needs, per layer, the router's decisions on real tokens (for routing
+frequencies and neuron importance) and the block's output (for the reconstruction error of the dense FFN).
+Captured with forward hooks on the teacher itself, so the numbers are those of the model as it runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def moe_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The sparse MoE block of every decoder layer, in order (Mixtral: block_sparse_moe; Qwen MoE: mlp)."""
+    layers = model.model.layers
+    blocks = [getattr(layer, "block_sparse_moe", None) or layer.mlp for layer in layers]
+    for index, block in enumerate(blocks):
+        if not (hasattr(block, "gate") and hasattr(block, "experts")):
+            raise ValueError(f"layer {index} is dense (no router and experts); mixed models are not supported")
+    return blocks
+
+
+@torch.no_grad()
+def capture_moe_io(
+    model: torch.nn.Module, blocks: torch.Tensor, max_tokens: int = 8192, batch_size: int = 8
+) -> list[dict[str, torch.Tensor]]:
+    """Per layer {"inputs": [N, d], "outputs": [N, d]} over the first `max_tokens` tokens of `blocks` [B, T]."""
+    sparse = moe_blocks(model)
+    captured: list[dict[str, list[torch.Tensor]]] = [{"inputs": [], "outputs": []} for _ in sparse]
+
+    def hook(index: int):
+        def record(module, args, output):
+            hidden = args[0]
+            out = output[0] if isinstance(output, tuple) else output
+            captured[index]["inputs"].append(hidden.reshape(-1, hidden.shape[-1]).float().cpu())
+            captured[index]["outputs"].append(out.reshape(-1, out.shape[-1]).float().cpu())
+
+        return record
+
+    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(sparse)]
+    device = next(model.parameters()).device
+    needed = min(len(blocks), math.ceil(max_tokens / blocks.shape[1]))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, needed, batch_size):
+            model(input_ids=blocks[start : min(start + batch_size, needed)].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [{k: torch.cat(v)[:max_tokens] for k, v in layer.items()} for layer in captured]
+
+
+def router_statistics(router_logits: torch.Tensor, top_k: int) -> dict[str, float | list[float]]:
+    """Mean router entropy (nats), and each expert's load: the share of top-k slots it receives."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    entropy = float(-(probs * probs.clamp_min(1e-30).log()).sum(-1).mean())
+    chosen = probs.topk(top_k, dim=-1).indices.flatten()
+    load = torch.bincount(chosen, minlength=probs.shape[-1]).float() / chosen.numel()
+    return {"entropy": round(entropy, 4), "load": [round(float(v), 4) for v in load]}

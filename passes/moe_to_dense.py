@@ -1,0 +1,172 @@
+"""`moe_to_dense`: every MoE layer's experts and router become one dense FFN (ALGORITHMS §5).
+
+Mixtral → Mistral, Qwen2-MoE → Qwen2, Qwen3-MoE → Qwen3; attention, norms and embeddings are copied. The math
+lives in `compressor.gathering` (pure, tested); this pass runs the teacher on calibration tokens (router
+frequencies, neuron importance, the shared expert's mean gate), gathers, and reports per layer the
+reconstruction error of the dense FFN against the MoE block's output on those tokens, plus perplexity and
+PyTorch speed of the MoE and of the dense model right after gathering. Refinement is `distill` (with
+`teacher_routing: topk | ka | sar`, §5c).
+
+Qwen2-MoE's shared expert is kept, not merged: its neurons sit beside the gathered ones (a dense FFN of width
+gathered + shared computes the sum of the two), and its per-token sigmoid gate, which a stock Qwen2 MLP cannot
+express, is folded in as its mean over the calibration tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from compressor.data import lm_blocks
+from compressor.errors import UserError
+from compressor.evaluate import perplexity
+from compressor.gathering import (
+    METHODS,
+    DenseFFN,
+    ExpertStack,
+    gather,
+    neuron_scores,
+    relative_error,
+    routed_gates,
+    routing_frequencies,
+)
+from compressor.ir import ModelIR
+from compressor.moe_calibration import capture_moe_io, router_statistics
+from passes.base import Pass, PassConfig, PassContext, register
+
+
+class MoEToDenseConfig(PassConfig):
+    method: Literal[METHODS] = Field(default="importance", description="how the experts become one FFN")  # type: ignore[valid-type]
+    width: int | None = Field(
+        default=None, ge=1, description="dense width; default one expert's; wider (up to E·f) needs 'importance'"
+    )
+    agg: Literal["mean", "sum"] = Field(default="mean", description="aggregation after topk/svd truncation")
+    weighting: Literal["uniform", "frequency"] = Field(default="uniform", description="topk/svd expert weights")
+    density: float | None = Field(default=None, gt=0, le=1, description="Top-K KG density; default 1/E")
+    rank: int | None = Field(default=None, ge=1, description="SVD-KG rank; default ⌈min(f, d)/E⌉")
+    align: bool = Field(default=False, description="Hungarian neuron alignment to expert 0 before merging")
+    expert: int | None = Field(default=None, ge=0, description="method 'expert': which one (default: most used)")
+    calibration_tokens: int = Field(default=8192, ge=64)
+    seq_len: int = Field(default=128, ge=8)
+    eval_blocks: int = Field(default=32, ge=0, description="held-out blocks for perplexity (0: skip)")
+    speed_runs: int = Field(default=5, ge=0, description="timed forwards for the PyTorch speed figure (0: skip)")
+
+
+@register
+class MoEToDense(Pass):
+    name = "moe_to_dense"
+    Config = MoEToDenseConfig
+    needs_data = True
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+        cfg: MoEToDenseConfig = self.config
+        check_uniform_moe(ir)
+        corpus = ctx.require_corpus(self.name)
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, math.ceil(cfg.calibration_tokens / cfg.seq_len))
+        if len(blocks) == 0:
+            raise UserError(f"{corpus.name}: too little text for one calibration block of {cfg.seq_len} tokens")
+        moe = ir.materialize(ctx.device, torch.float32)
+        io = capture_moe_io(moe, blocks, cfg.calibration_tokens)
+        act = ir.config.hidden_act
+        ffns: dict[int, dict[str, torch.Tensor]] = {}
+        layers = []
+        for layer, seen in enumerate(io):
+            dense, stats = self.gather_layer(ir.moe_layer(layer), seen["inputs"], act)
+            stats["reconstruction_error"] = round(relative_error(dense(seen["inputs"], act), seen["outputs"]), 5)
+            layers.append({"layer": layer, **stats})
+            ffns[layer] = dense.as_dict()
+        student = ir.replace_ffn(ffns)
+        errors = [row["reconstruction_error"] for row in layers]
+        ctx.metrics.update(
+            {
+                "method": cfg.method,
+                "from": ir.config.model_type,
+                "to": student.config.model_type,
+                "dense_width": student.config.intermediate_size,
+                "calibration_tokens": int(io[0]["inputs"].shape[0]),
+                "mean_reconstruction_error": round(statistics.fmean(errors), 5),
+                "layers": layers,
+            }
+        )
+        dense_model = student.materialize(ctx.device, torch.float32)
+        if cfg.eval_blocks and corpus.eval:
+            held = lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, cfg.eval_blocks)
+            if len(held):
+                ctx.metrics["moe_ppl"] = round(perplexity(moe, held.to(ctx.device)), 4)
+                ctx.metrics["gathered_ppl"] = round(perplexity(dense_model, held.to(ctx.device)), 4)
+        if cfg.speed_runs:
+            ctx.metrics["pytorch_speed"] = speed(moe, dense_model, blocks[:4].to(ctx.device), cfg.speed_runs)
+        return student
+
+    def gather_layer(self, tensors: dict, inputs: torch.Tensor, act: str) -> tuple[DenseFFN, dict]:
+        cfg: MoEToDenseConfig = self.config
+        stack = ExpertStack(tensors["gate"].float(), tensors["up"].float(), tensors["down"].float())
+        router_logits = inputs @ tensors["router"].float().T
+        top_k, normalize = tensors["top_k"], tensors["normalize_top_k"]
+        frequencies = routing_frequencies(router_logits, top_k, normalize)
+        scores = None
+        if cfg.method == "importance":
+            scores = neuron_scores(stack, inputs, routed_gates(router_logits, top_k, normalize), act)
+        if cfg.width is not None and cfg.method != "importance" and cfg.width != stack.width:
+            raise UserError(
+                f"moe_to_dense: width {cfg.width} differs from one expert's ({stack.width}); "
+                "only method 'importance' builds wider FFNs"
+            )
+        if cfg.width is not None and cfg.width > stack.count * stack.width:
+            raise UserError(
+                f"moe_to_dense: width {cfg.width} exceeds the sum of expert widths {stack.count * stack.width}"
+            )
+        if cfg.expert is not None and cfg.expert >= stack.count:
+            raise UserError(f"moe_to_dense: expert {cfg.expert} is out of range 0..{stack.count - 1}")
+        dense = gather(
+            stack,
+            cfg.method,
+            frequencies=frequencies,
+            agg=cfg.agg,
+            weighting=cfg.weighting,
+            density=cfg.density,
+            rank=cfg.rank,
+            align=cfg.align,
+            scores=scores,
+            width=cfg.width,
+            expert=cfg.expert,
+        )
+        stats = {
+            "router": router_statistics(router_logits, top_k),
+            "frequencies": [round(float(f), 4) for f in frequencies],
+        }
+        shared = tensors["shared"]
+        if shared is not None:
+            mean_gate = float(torch.sigmoid(inputs @ shared["sigmoid_gate"].float().T).mean())
+            folded = DenseFFN(shared["gate"].float(), shared["up"].float(), shared["down"].float() * mean_gate)
+            dense = DenseFFN.concat([dense, folded])
+            stats["shared_expert_mean_gate"] = round(mean_gate, 4)
+        return dense, stats
+
+
+def check_uniform_moe(ir: ModelIR) -> None:
+    if ir.family != "moe":
+        raise UserError(f"moe_to_dense: the model is {ir.config.model_type}, not a mixture of experts")
+    if getattr(ir.config, "mlp_only_layers", None) or getattr(ir.config, "decoder_sparse_step", 1) != 1:
+        raise UserError("moe_to_dense: the teacher mixes dense and MoE layers (mlp_only_layers / decoder_sparse_step)")
+
+
+@torch.no_grad()
+def speed(moe: torch.nn.Module, dense: torch.nn.Module, ids: torch.Tensor, runs: int) -> dict:
+    """Tokens/s of a full forward over the same batch, MoE vs dense, eager PyTorch (median of `runs`)."""
+    from compressor.onnx_bench import timed
+
+    moe_s = statistics.median(timed(lambda: moe(input_ids=ids), warmup=1, runs=runs))
+    dense_s = statistics.median(timed(lambda: dense(input_ids=ids), warmup=1, runs=runs))
+    tokens = ids.numel()
+    return {
+        "device": str(ids.device),
+        "tokens": tokens,
+        "moe_tokens_per_s": round(tokens / moe_s, 1),
+        "dense_tokens_per_s": round(tokens / dense_s, 1),
+        "speedup": round(moe_s / dense_s, 3),
+    }

@@ -49,7 +49,9 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight for the KD runs")
     parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated subset of " + ",".join(RUNS))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the cores)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     teacher = ModelIR.load(args.teacher)
     corpus = load_corpus(args.data)
@@ -120,5 +122,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     sys.exit(main())

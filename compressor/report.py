@@ -175,6 +175,7 @@ def markdown(report: dict, plots: list[str]) -> str:
     for key in sorted(set(q["teacher"]) | set(q["student"])):
         lines.append(f"| {key} | {q['teacher'].get(key, '—')} | {q['student'].get(key, '—')} |")
     lines += ["", f"Quality retention ({q['metric']}): **{q['retention']}**", ""]
+    lines += moe_section(report)
     lines += onnx_section(report)
     lines += bench_section(report.get("bench"))
     lines += ["## Passes", "", "| pass | seconds | cached | key metrics |", "|---|---|---|---|"]
@@ -201,6 +202,42 @@ def markdown(report: dict, plots: list[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def moe_section(report: dict) -> list[str]:
+    """What knowledge gathering did: per-layer reconstruction error, perplexity before refinement, speed."""
+    gathered = next((p["metrics"] for p in report["passes"] if p["name"] == "moe_to_dense"), None)
+    if not gathered:
+        return []
+    lines = [
+        "## MoE → dense",
+        "",
+        f"{gathered['from']} → {gathered['to']} by **{gathered['method']}**, dense FFN width "
+        f"{gathered['dense_width']}, calibrated on {gathered['calibration_tokens']} tokens. Mean reconstruction "
+        f"error of the dense FFN against the MoE block output (‖dense − moe‖² / ‖moe‖²): "
+        f"**{gathered['mean_reconstruction_error']}**.",
+        "",
+    ]
+    if "gathered_ppl" in gathered:
+        final = report["quality"]["student"].get("perplexity", "—")
+        lines += [
+            "| perplexity (held-out) | MoE teacher | right after gathering | after refinement |",
+            "|---|---|---|---|",
+            f"| | {gathered['moe_ppl']} | {gathered['gathered_ppl']} | {final} |",
+            "",
+        ]
+    lines += ["| layer | reconstruction error | router entropy (nats) | expert load |", "|---|---|---|---|"]
+    for row in gathered["layers"]:
+        load = " ".join(f"{v:.2f}" for v in row["router"]["load"])
+        lines.append(f"| {row['layer']} | {row['reconstruction_error']} | {row['router']['entropy']} | {load} |")
+    speed = gathered.get("pytorch_speed")
+    if speed:
+        lines += [
+            "",
+            f"PyTorch ({speed['device']}, eager): MoE {speed['moe_tokens_per_s']} tokens/s, dense student "
+            f"{speed['dense_tokens_per_s']} tokens/s — **{speed['speedup']}×**.",
+        ]
+    return lines + [""]
 
 
 def onnx_section(report: dict) -> list[str]:

@@ -162,6 +162,7 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     assert student.config.model_type == "mistral"
     gathered = report["passes"][0]["metrics"]
     assert len(gathered["layers"]) == 3 and "gathered_ppl" in gathered
+    assert "## MoE → dense" in (out / "REPORT.md").read_text()
 
 
 def test_single_pass_inspect_and_eval(capsys, tmp_path, tiny_dirs):

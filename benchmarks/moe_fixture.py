@@ -1,0 +1,197 @@
+"""Real trained MoE teachers for the MoE → dense benchmark (issue: MoE → dense), trained here on 2 CPU cores.
+
+Builds under OUT:
+- `mixtral/`: a Mixtral-family model (8 experts, top-2) with the stories260K tokenizer, trained on the training
+  part of the data (the last 10% is held out) with the load-balancing auxiliary loss until experts specialize;
+- `qwen2_moe/` (unless --skip-qwen): a Qwen2-MoE with a shared expert, trained the same way;
+- `dense_<family>/`: a dense baseline with the dense student's architecture (Mistral / Qwen2 with one expert's
+  width, plus the shared expert's for Qwen2), trained from scratch with the same token budget;
+- `fixture.json`: held-out perplexity of each, router entropy and expert load per layer, training time.
+
+    python benchmarks/moe_fixture.py /tmp/moe-fixture --tokenizer ../shared/models/stories260K \
+        --data ../shared/data/tinystories_dev.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from compressor.data import lm_blocks, load_corpus
+from compressor.evaluate import perplexity
+from compressor.kd.train import IndexedBatches, TrainConfig, train
+from compressor.moe_calibration import capture_moe_io, moe_blocks, router_statistics
+from passes.base import load_tokenizer
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
+COMMON = dict(
+    vocab_size=512,
+    hidden_size=64,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    bos_token_id=1,
+    eos_token_id=2,
+    tie_word_embeddings=True,
+    rms_norm_eps=1e-5,
+)
+EXPERTS, TOP_K, EXPERT_WIDTH, SHARED_WIDTH = 8, 2, 128, 64
+
+
+def configs() -> dict[str, tuple[str, dict]]:
+    """name -> (model_type, config kwargs)."""
+    return {
+        "mixtral": (
+            "mixtral",
+            dict(
+                COMMON,
+                intermediate_size=EXPERT_WIDTH,
+                num_local_experts=EXPERTS,
+                num_experts_per_tok=TOP_K,
+                router_aux_loss_coef=0.01,
+                output_router_logits=True,
+                sliding_window=None,
+            ),
+        ),
+        "dense_mixtral": ("mistral", dict(COMMON, intermediate_size=EXPERT_WIDTH, sliding_window=None)),
+        "qwen2_moe": (
+            "qwen2_moe",
+            dict(
+                COMMON,
+                intermediate_size=EXPERT_WIDTH,
+                moe_intermediate_size=EXPERT_WIDTH,
+                shared_expert_intermediate_size=SHARED_WIDTH,
+                num_experts=EXPERTS,
+                num_experts_per_tok=TOP_K,
+                norm_topk_prob=True,
+                router_aux_loss_coef=0.01,
+                output_router_logits=True,
+            ),
+        ),
+        "dense_qwen2_moe": ("qwen2", dict(COMMON, intermediate_size=EXPERT_WIDTH + SHARED_WIDTH)),
+    }
+
+
+def build(model_type: str, kwargs: dict, seed: int):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **kwargs))
+
+
+def add_ffn_dropout(model, p: float) -> list:
+    """Dropout on the output of every FFN (each expert, the shared expert, a dense MLP) while training: the
+    data set is small, and an MoE, with many more parameters per token of data, overfits it first."""
+    import torch.nn.functional as F
+
+    def hook(module, args, output):
+        return F.dropout(output, p, training=module.training)
+
+    return [m.register_forward_hook(hook) for m in model.modules() if type(m).__name__.endswith("MLP")]
+
+
+def train_one(
+    model,
+    blocks: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    dropout: float = 0.0,
+    weight_decay: float = 0.01,
+) -> float:
+    data = IndexedBatches(len(blocks), batch_size, seed, lambda index: {"input_ids": blocks[index]})
+    handles = add_ffn_dropout(model, dropout) if dropout else []
+
+    def loss_fn(m, batch, step):
+        out = m(input_ids=batch["input_ids"], labels=batch["input_ids"])
+        return out.loss, {"loss": float(out.loss.detach())}
+
+    config = TrainConfig(steps=steps, lr=lr, warmup_ratio=0.05, weight_decay=weight_decay, seed=seed)
+    start = time.perf_counter()
+    train(model, data, loss_fn, config, description="train", show_progress=sys.stderr.isatty())
+    for handle in handles:
+        handle.remove()
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with the stories260K tokenizer")
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--tokens", type=int, default=1_500_000, help="training tokens per model")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--dropout", type=float, default=0.2, help="FFN-output dropout while training (all models)")
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--only", default=None, help="comma-separated subset of " + ",".join(configs()))
+    parser.add_argument("--skip-qwen", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the cores)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.out.exists():
+        print(f"moe_fixture: {args.out} exists; choose a new folder", file=sys.stderr)
+        return 2
+    corpus = load_corpus(args.data)
+    tokenizer = load_tokenizer(args.tokenizer)
+    steps = max(1, args.tokens // (args.batch_size * args.seq_len))
+    blocks = lm_blocks(tokenizer, corpus.train, args.seq_len, steps * args.batch_size)
+    held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
+    tmp = args.out.with_name(args.out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result: dict = {
+        "tokens": steps * args.batch_size * args.seq_len,
+        "steps": steps,
+        "heldout_tokens": held.numel(),
+        "dropout": args.dropout,
+        "weight_decay": args.weight_decay,
+        "lr": args.lr,
+    }
+    names = args.only.split(",") if args.only else [n for n in configs() if not (args.skip_qwen and "qwen" in n)]
+    for name in names:
+        model_type, kwargs = configs()[name]
+        model = build(model_type, kwargs, args.seed)
+        seconds = train_one(model, blocks, steps, args.batch_size, args.lr, args.seed, args.dropout, args.weight_decay)
+        model.eval()
+        with torch.no_grad():
+            entry = {
+                "model_type": model_type,
+                "params": sum(p.numel() for p in model.parameters()),
+                "train_seconds": round(seconds, 1),
+                "heldout_ppl": round(perplexity(model, held), 4),
+            }
+            if hasattr(model.config, "output_router_logits"):
+                model.config.output_router_logits = False
+                io = capture_moe_io(model, held, max_tokens=8192)
+                entry["router"] = [
+                    router_statistics(layer["inputs"] @ gate.weight.T, TOP_K)
+                    for layer, gate in zip(io, [b.gate for b in moe_blocks(model)], strict=True)
+                ]
+                entry["mean_router_entropy"] = round(sum(r["entropy"] for r in entry["router"]) / len(io), 4)
+                entry["max_entropy"] = round(math.log(EXPERTS), 4)
+        model.save_pretrained(tmp / name, safe_serialization=True)
+        for file in TOKENIZER_FILES:
+            if (args.tokenizer / file).exists():
+                shutil.copy2(args.tokenizer / file, tmp / name / file)
+        result[name] = entry
+        print(f"{name}: {json.dumps(entry)[:200]}", file=sys.stderr, flush=True)
+    (tmp / "fixture.json").write_text(json.dumps(result, indent=2))
+    tmp.rename(args.out)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

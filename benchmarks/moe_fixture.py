@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with the stories260K tokenizer")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--tokens", type=int, default=1_500_000, help="training tokens per model")
+    parser.add_argument("--tokens", type=int, default=1_200_000, help="training tokens per model (about 7 epochs)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)

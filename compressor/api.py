@@ -394,7 +394,9 @@ def bench(
     available, why = target_obj.hardware()
     with tempfile.TemporaryDirectory(prefix="compressor-bench-") as scratch:
         scratch_path = Path(scratch)
-        teacher_onnx = export_onnx(teacher_ir, target_obj, "none", scratch_path / "t", show_progress)
+        # Optimum cannot export MoE teachers (mixtral, qwen2_moe): they are measured in PyTorch only.
+        moe = teacher_ir.family == "moe"
+        teacher_onnx = None if moe else export_onnx(teacher_ir, target_obj, "none", scratch_path / "t", show_progress)
         student_onnx = (
             run_dir / "onnx"
             if is_run
@@ -411,7 +413,14 @@ def bench(
             }
         else:
             variants["teacher_pytorch"] = {"measured": False, "reason": why}
-        files = {"teacher_onnx": teacher_onnx / "model.onnx", "student_onnx_fp32": student_onnx / "model.onnx"}
+        files = {"student_onnx_fp32": student_onnx / "model.onnx"}
+        if teacher_onnx is None:
+            variants["teacher_onnx"] = {
+                "measured": False,
+                "reason": f"Optimum cannot export {teacher_ir.config.model_type} to ONNX; timed in PyTorch instead",
+            }
+        else:
+            files = {"teacher_onnx": teacher_onnx / "model.onnx", **files}
         for name in ("model_int8.onnx", "model_fp16.onnx"):
             if (student_onnx / name).exists():
                 files[f"student_onnx_{name[6:-5]}"] = student_onnx / name
@@ -425,9 +434,11 @@ def bench(
 
 def summarize_bench(variants: dict, teacher_ir: ModelIR, student_ir: ModelIR, target, runs: int) -> dict:
     flops_ratio = teacher_ir.summary()["totals"]["flops_per_token"] / student_ir.summary()["totals"]["flops_per_token"]
-    reference = variants["teacher_onnx"]
+    reference_name = "teacher_onnx" if variants["teacher_onnx"].get("measured") else "teacher_pytorch"
+    reference = variants[reference_name]
     result = {
         "target": target.name,
+        "speedup_reference": reference_name,
         "seq": target.latency_seq,
         "throughput_batch": target.throughput_batch,
         "runs": runs,

@@ -11,7 +11,6 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
 
 from compressor.errors import GateError, UserError
@@ -228,13 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     except GateError as exc:
         print(f"compress: gate failed: {exc}", file=sys.stderr)
         return 3
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("compress: aborted", file=sys.stderr)
         return 130
-    except click.ClickException as exc:
-        print(f"compress: error: {exc.format_message()}", file=sys.stderr)
+    except typer.TyperException as exc:  # typer's own click: usage errors and bad parameters
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"compress: error: {message}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
     except Exception as exc:  # anything else is our bug or the environment's: say what, keep it short
         if os.environ.get("COMPRESSOR_DEBUG"):

@@ -163,6 +163,14 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     gathered = report["passes"][0]["metrics"]
     assert len(gathered["layers"]) == 3 and "gathered_ppl" in gathered
     assert "## MoE → dense" in (out / "REPORT.md").read_text()
+    code, _, err = run(capsys, "bench", tiny_dirs["mixtral"], out, "--runs", "3", "--quiet")
+    assert code == 0, err
+    bench = json.loads((out / "report.json").read_text())["bench"]
+    assert (
+        not bench["variants"]["teacher_onnx"]["measured"] and "mixtral" in bench["variants"]["teacher_onnx"]["reason"]
+    )
+    assert bench["speedup_reference"] == "teacher_pytorch" and bench["variants"]["teacher_pytorch"]["speedup"] == 1.0
+    assert bench["variants"]["student_onnx_fp32"]["measured"]
 
 
 def test_single_pass_inspect_and_eval(capsys, tmp_path, tiny_dirs):
@@ -247,3 +255,8 @@ def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
 def test_bench_of_a_plain_student_needs_an_out_folder(capsys, tiny_dirs):
     code, _, err = run(capsys, "bench", tiny_dirs["llama"], tiny_dirs["mistral"])
     assert_bad_input(code, err, "pass --out")
+
+
+def test_an_out_of_range_option_is_a_usage_error(capsys, tiny_dirs):
+    code, _, err = run(capsys, "bench", tiny_dirs["llama"], tiny_dirs["mistral"], "--runs", "2")
+    assert_bad_input(code, err, "--runs")

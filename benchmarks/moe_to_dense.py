@@ -62,6 +62,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--alpha", type=float, default=0.5, help="KD weight of the refinement (CE gets 1 − alpha)")
+    parser.add_argument(
+        "--data-source", default="data", choices=["data", "teacher", "mixed"], help="refinement data (distill)"
+    )
+    parser.add_argument("--skip-baseline-refine", action="store_true")
     parser.add_argument("--routing", default="ka,sar", help="teacher modes tried on the best method ('' for none)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when another job shares the cores)")
     args = parser.parse_args()
@@ -82,6 +87,7 @@ def main() -> int:
         "heldout_tokens": int(held.numel()),
         "refine_steps": args.refine_steps,
         "refine_tokens": args.refine_steps * args.batch_size * args.seq_len,
+        "refine": {"lr": args.lr, "alpha": args.alpha, "data_source": args.data_source, "loss": "fkl"},
         "methods": {},
     }
     with tempfile.TemporaryDirectory() as scratch:
@@ -106,6 +112,8 @@ def main() -> int:
                 batch_size=args.batch_size,
                 seq_len=args.seq_len,
                 lr=args.lr,
+                alpha=args.alpha,
+                data_source=args.data_source,
                 checkpoint_every=0,
                 **extra,
             )
@@ -140,8 +148,9 @@ def main() -> int:
             result["routing"][f"{mode}_gain_kept"] = round(gain_kept(refined, dense_ppl, moe_ppl), 4)
             result["routing"][f"{mode}_seconds"] = round(seconds, 1)
             print(f"routing {mode}: {refined:.4f}", file=sys.stderr, flush=True)
-        baseline_refined, _ = refine(baseline, "refine-baseline")
-        result["dense_baseline_refined_ppl"] = round(baseline_refined, 4)
+        if not args.skip_baseline_refine:
+            baseline_refined, _ = refine(baseline, "refine-baseline")
+            result["dense_baseline_refined_ppl"] = round(baseline_refined, 4)
         result["best_gain_kept"] = result["methods"][best]["gain_kept"]
         for baseline, key in (("average", "best_beats_average"), ("expert", "best_beats_single_expert")):
             result[key] = refined_ppl[best] < refined_ppl[baseline] if baseline in refined_ppl else None

@@ -212,6 +212,21 @@ def select_neurons(stack: ExpertStack, scores: torch.Tensor, width: int, frequen
     return DenseFFN(stack.gate[experts, neurons], stack.up[experts, neurons], stack.down[experts, :, neurons].T * scale)
 
 
+def refit_down(ffn: DenseFFN, inputs: torch.Tensor, targets: torch.Tensor, act: str = "silu", ridge: float = 1e-4):
+    """Keep gate and up, re-solve down by least squares so that the dense FFN reproduces the MoE block's output
+    on calibration tokens: down = argmin ‖H·downᵀ − Y‖² + λ‖down‖², H = act(X·gateᵀ)⊙(X·upᵀ) (ours).
+
+    λ is `ridge` times the mean diagonal of HᵀH, so it is scale-free. Gathering fixes which neurons exist;
+    this step fixes how they are mixed, which is where averaging unaligned experts loses most.
+    """
+    x = inputs.double()
+    h = activation(act)(F.linear(x, ffn.gate.double())) * F.linear(x, ffn.up.double())
+    gram = h.T @ h
+    gram += ridge * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, h.T @ targets.double())  # [W, d]
+    return DenseFFN(ffn.gate, ffn.up, solution.T.to(ffn.down.dtype).contiguous())
+
+
 def relative_error(approximation: torch.Tensor, reference: torch.Tensor) -> float:
     """‖a − r‖² / ‖r‖² over all tokens: 0 for a perfect reconstruction, 1 for predicting zero."""
     return float(

@@ -30,6 +30,7 @@ from compressor.gathering import (
     ExpertStack,
     gather,
     neuron_scores,
+    refit_down,
     relative_error,
     routed_gates,
     routing_frequencies,
@@ -49,6 +50,9 @@ class MoEToDenseConfig(PassConfig):
     density: float | None = Field(default=None, gt=0, le=1, description="Top-K KG density; default 1/E")
     rank: int | None = Field(default=None, ge=1, description="SVD-KG rank; default ⌈min(f, d)/E⌉")
     align: bool = Field(default=False, description="Hungarian neuron alignment to expert 0 before merging")
+    refit: bool = Field(
+        default=True, description="re-solve each dense down projection by least squares on the MoE block's outputs"
+    )
     expert: int | None = Field(default=None, ge=0, description="method 'expert': which one (default: most used)")
     calibration_tokens: int = Field(default=8192, ge=64)
     seq_len: int = Field(default=128, ge=8)
@@ -76,6 +80,9 @@ class MoEToDense(Pass):
         layers = []
         for layer, seen in enumerate(io):
             dense, stats = self.gather_layer(ir.moe_layer(layer), seen["inputs"], act)
+            if cfg.refit:
+                stats["error_before_refit"] = round(relative_error(dense(seen["inputs"], act), seen["outputs"]), 5)
+                dense = refit_down(dense, seen["inputs"], seen["outputs"], act)
             stats["reconstruction_error"] = round(relative_error(dense(seen["inputs"], act), seen["outputs"]), 5)
             layers.append({"layer": layer, **stats})
             ffns[layer] = dense.as_dict()

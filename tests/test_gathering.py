@@ -150,3 +150,26 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="unknown gathering method"):
         gather(s, "median")
     assert torch.allclose(low_rank(s.gate[0], 100), s.gate[0])
+
+
+def test_refit_recovers_the_down_projection_that_made_the_outputs():
+    from compressor.gathering import refit_down
+
+    s = stack()
+    x = torch.randn(400, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    truth = s.expert(1)
+    start = DenseFFN(truth.gate, truth.up, torch.zeros_like(truth.down))
+    refit = refit_down(start, x, truth(x), ridge=0.0)
+    assert torch.allclose(refit.down, truth.down, atol=1e-8)
+
+
+def test_refit_never_reconstructs_worse_than_the_gathered_ffn():
+    from compressor.gathering import refit_down
+
+    s = stack()
+    x = torch.randn(300, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    target = sum(0.25 * s.expert(e)(x) for e in range(E))
+    gathered = gather(s, "average")
+    refit = refit_down(gathered, x, target, ridge=0.0)
+    assert relative_error(refit(x), target) <= relative_error(gathered(x), target) + 1e-12
+    assert relative_error(refit(x), target) < 0.9 * relative_error(gathered(x), target)

@@ -111,9 +111,22 @@ class ChunkedForwardKL(torch.autograd.Function):
         return grad, None, None, None
 
 
+def row_chunks(rows: torch.Tensor, chunk_size: int):
+    """Slices of `rows` ([N, V], or [B, T, V] walked one sequence at a time) of at most `chunk_size` rows, as
+    index tuples: a [B, T, V] view such as `logits[:, :-1]` is read in place instead of copied into [N, V]."""
+    if rows.dim() == 2:
+        for start in range(0, rows.shape[0], chunk_size):
+            yield (slice(start, start + chunk_size),)
+        return
+    for b in range(rows.shape[0]):
+        for start in range(0, rows.shape[1], chunk_size):
+            yield (b, slice(start, start + chunk_size))
+
+
 class ChunkedCEAndForwardKL(torch.autograd.Function):
     """(Σ CE(s, y), Σ KL(p^τ ‖ q^τ)) over tokens in one pass: the default objective's two terms share the
     student's softmax, forward and backward, so KD adds one teacher softmax to CE rather than a second loss.
+    Takes [N, V] rows with labels [N], or [B, T, V] views with labels [B, T] (every token valid).
 
     ∂CE/∂s = q − onehot(y);  ∂KL/∂s = (q^τ − p^τ)/τ.
     """
@@ -122,11 +135,10 @@ class ChunkedCEAndForwardKL(torch.autograd.Function):
     def forward(ctx, student, teacher, labels, temperature: float, chunk_size: int):
         ce_total = student.new_zeros((), dtype=torch.float32)
         kl_total = student.new_zeros((), dtype=torch.float32)
-        for start in range(0, student.shape[0], chunk_size):
-            s = student[start : start + chunk_size].float()
-            t = teacher[start : start + chunk_size].float()
+        for index in row_chunks(student, chunk_size):
+            s, t, y = student[index].float(), teacher[index].float(), labels[index]
             log_q = F.log_softmax(s, dim=-1)
-            ce_total -= log_q.gather(1, labels[start : start + chunk_size, None]).sum()
+            ce_total -= log_q.gather(1, y[:, None]).sum()
             if temperature != 1.0:
                 log_q, t = F.log_softmax(s / temperature, dim=-1), t / temperature
             log_p = F.log_softmax(t, dim=-1)
@@ -138,19 +150,17 @@ class ChunkedCEAndForwardKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ce: torch.Tensor, grad_kl: torch.Tensor):
         student, teacher, labels = ctx.saved_tensors
-        tau, grad = ctx.temperature, torch.empty_like(student)
-        for start in range(0, student.shape[0], ctx.chunk_size):
-            s = student[start : start + ctx.chunk_size].float()
-            t = teacher[start : start + ctx.chunk_size].float()
+        tau = ctx.temperature
+        grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
+        for index in row_chunks(student, ctx.chunk_size):
+            s, t, y = student[index].float(), teacher[index].float(), labels[index]
             q = F.softmax(s, dim=-1)
             if tau == 1.0:
-                chunk = q.mul(grad_ce + grad_kl).sub_(F.softmax(t, dim=-1).mul_(grad_kl))
+                chunk = q.mul_(grad_ce + grad_kl).sub_(F.softmax(t, dim=-1).mul_(grad_kl))
             else:
-                chunk = q.mul(grad_ce).add_((F.softmax(s / tau, -1) - F.softmax(t / tau, -1)).mul_(grad_kl / tau))
-            chunk.scatter_add_(
-                1, labels[start : start + ctx.chunk_size, None], (-grad_ce).expand(chunk.shape[0], 1).to(chunk.dtype)
-            )
-            grad[start : start + ctx.chunk_size] = chunk.to(grad.dtype)
+                chunk = q.mul_(grad_ce).add_((F.softmax(s / tau, -1) - F.softmax(t / tau, -1)).mul_(grad_kl / tau))
+            chunk.scatter_add_(1, y[:, None], (-grad_ce).expand(chunk.shape[0], 1).to(chunk.dtype))
+            grad[index] = chunk.to(grad.dtype)
         return grad, None, None, None, None
 
 
@@ -164,10 +174,13 @@ def ce_and_forward_kl(
     """Mean CE on `labels` (-100 ignored) and τ²·mean forward KL over the same tokens, computed together."""
     vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])
     mask = labels != -100
-    student = valid_rows(student_logits[..., :vocab], mask)
-    teacher = valid_rows(teacher_logits[..., :vocab], mask).detach()
-    targets = labels.reshape(-1) if bool(mask.all()) else labels.reshape(-1)[mask.reshape(-1)]
-    count = max(1, student.shape[0])
+    student, teacher = student_logits[..., :vocab], teacher_logits[..., :vocab].detach()
+    if bool(mask.all()) and student.dim() == 3:  # no padding: walk the [B, T, V] views, copy nothing
+        targets = labels
+    else:
+        student, teacher = valid_rows(student, mask), valid_rows(teacher, mask)
+        targets = labels.reshape(-1)[mask.reshape(-1)]
+    count = max(1, int(mask.sum()))
     ce_sum, kl_sum = ChunkedCEAndForwardKL.apply(student, teacher, targets, float(temperature), chunk_size)
     return ce_sum / count, temperature**2 * kl_sum / count
 

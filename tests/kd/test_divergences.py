@@ -134,3 +134,21 @@ def test_fused_ce_and_kl_equal_the_separate_terms_in_value_and_gradient(temperat
     (0.3 * ce_ref + 0.7 * kl_ref).backward()
     assert torch.allclose(ce, ce_ref, atol=1e-6) and torch.allclose(kl, kl_ref, atol=1e-6)
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
+
+
+def test_fused_ce_and_kl_on_unpadded_views_reads_in_place_and_matches_the_reference():
+    from compressor.kd.divergences import ce_and_forward_kl
+    from compressor.kd.losses import lm_cross_entropy
+
+    z_s = torch.randn(3, 8, 21, generator=torch.Generator().manual_seed(15))
+    z_t = torch.randn(3, 8, 21, generator=torch.Generator().manual_seed(16))
+    labels = torch.randint(0, 21, (3, 7), generator=torch.Generator().manual_seed(17))
+    a = z_s.clone().requires_grad_(True)
+    ce, kl = ce_and_forward_kl(a[:, :-1], z_t[:, :-1], labels, chunk_size=3)  # non-contiguous [B, T-1, V] views
+    (0.4 * ce + 0.6 * kl).backward()
+    b = z_s.clone().requires_grad_(True)
+    log_p, log_q = F.log_softmax(z_t[:, :-1], -1), F.log_softmax(b[:, :-1], -1)
+    kl_ref = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    (0.4 * lm_cross_entropy(b[:, :-1], labels) + 0.6 * kl_ref).backward()
+    assert torch.allclose(kl, kl_ref, atol=1e-6)
+    assert torch.allclose(a.grad, b.grad, atol=1e-6) and bool((a.grad[:, -1] == 0).all())

@@ -50,10 +50,10 @@ from compressor.kd.train import IndexedBatches, StateGroup, TrainConfig, make_ac
 from passes.base import Pass, PassConfig, PassContext, register
 
 
-def router_shift(original: torch.nn.Module, trained: torch.nn.Module) -> float:
+def router_shift(initial: list[torch.Tensor], trained: torch.nn.Module) -> float:
     """Largest absolute change of any router weight (SAR): shows the teacher's routers did move."""
-    pairs = zip(router_parameters(original), router_parameters(trained), strict=True)
-    return max(float((a.detach().cpu() - b.detach().cpu()).abs().max()) for a, b in pairs)
+    pairs = zip(initial, router_parameters(trained), strict=True)
+    return max(float((a - b.detach()).abs().max()) for a, b in pairs)
 
 
 class DistillConfig(PassConfig):
@@ -153,7 +153,7 @@ class Distill(Pass):
         self.check_routing(ctx, ir)
         if cfg.teacher_routing == "sar":  # a private teacher: its routers change, the run's teacher must not
             teacher = ctx.teacher.materialize(accelerator.device, torch.float32)
-            prepare_student_aware_router(teacher)
+            initial_routers = [p.detach().clone() for p in prepare_student_aware_router(teacher)]
             student = WithTeacherRouter(student, teacher)
         else:
             teacher = ctx.teacher_model.to(accelerator.device)
@@ -199,7 +199,7 @@ class Distill(Pass):
             }
         )
         if cfg.teacher_routing == "sar":
-            ctx.metrics["sar_router_shift"] = round(router_shift(ctx.teacher_model, teacher), 6)
+            ctx.metrics["sar_router_shift"] = round(router_shift(initial_routers, teacher), 6)
         return ir.absorb(self.finished(inner_model(student)))
 
     replay: ReplayScheduler | None = None

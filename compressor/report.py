@@ -226,10 +226,16 @@ def moe_section(report: dict) -> list[str]:
             f"| | {gathered['moe_ppl']} | {gathered['gathered_ppl']} | {final} |",
             "",
         ]
-    lines += ["| layer | reconstruction error | router entropy (nats) | expert load |", "|---|---|---|---|"]
+    lines += [
+        "| layer | reconstruction error | before the least-squares refit | router entropy (nats) | expert load |",
+        "|---|---|---|---|---|",
+    ]
     for row in gathered["layers"]:
         load = " ".join(f"{v:.2f}" for v in row["router"]["load"])
-        lines.append(f"| {row['layer']} | {row['reconstruction_error']} | {row['router']['entropy']} | {load} |")
+        lines.append(
+            f"| {row['layer']} | {row['reconstruction_error']} | {row.get('error_before_refit', '—')} "
+            f"| {row['router']['entropy']} | {load} |"
+        )
     speed = gathered.get("pytorch_speed")
     if speed:
         lines += [

@@ -58,10 +58,10 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--family", default="mixtral", choices=["mixtral", "qwen2_moe"])
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
-    parser.add_argument("--refine-steps", type=int, default=250)
+    parser.add_argument("--refine-steps", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight of the refinement (CE gets 1 − alpha)")
     parser.add_argument(
         "--data-source", default="data", choices=["data", "teacher", "mixed"], help="refinement data (distill)"

@@ -209,6 +209,8 @@ def compress_model(request: ModelRequest) -> dict:
             "eval_documents": len(corpus.eval),
             "sts": recipe.data.sts,
         }
+        if any(p["name"] == "moe_to_dense" for p in report["passes"]):
+            report["student_onnx_speed"] = student_onnx_speed(report, tmp / "onnx", target, student)
         write_report(report, tmp, records)
         write_model_cards(report, tmp, recipe)
     if gates and not gates["passed"]:
@@ -217,6 +219,15 @@ def compress_model(request: ModelRequest) -> dict:
             f"{recipe.gates.min_quality_retention} (outputs kept in {out})"
         )
     return report
+
+
+def student_onnx_speed(report: dict, onnx_dir: Path, target, student: ModelIR) -> dict:
+    """The shipped ONNX student's speed on the target, for the MoE → dense report beside the PyTorch figures."""
+    deploy = onnx_dir / ((report.get("deployment") or {}).get("deploy_file") or "model.onnx")
+    if not (report.get("onnx") or {}).get("passed") or not deploy.exists():
+        return {"measured": False, "reason": "no validated ONNX student"}
+    figures = target.measure(deploy, student.task == "causal-lm", int(student.config.vocab_size), runs=10)
+    return {"file": deploy.name, "seq": target.latency_seq, "throughput_batch": target.throughput_batch, **figures}
 
 
 def write_model_cards(report: dict, out: Path, recipe: Recipe) -> None:

@@ -243,6 +243,16 @@ def moe_section(report: dict) -> list[str]:
             f"PyTorch ({speed['device']}, eager): MoE {speed['moe_tokens_per_s']} tokens/s, dense student "
             f"{speed['dense_tokens_per_s']} tokens/s — **{speed['speedup']}×**.",
         ]
+    onnx = report.get("student_onnx_speed")
+    if onnx and onnx.get("measured"):
+        lines += [
+            "",
+            f"Student ONNX (`{onnx['file']}`, target {report['target']['name']}): "
+            f"p50 {onnx['latency']['p50_ms']} ms at batch 1 × {onnx['seq']} tokens, "
+            f"{onnx['throughput_seq_per_s']} sequences/s at batch {onnx['throughput_batch']}.",
+        ]
+    elif onnx:
+        lines += ["", f"Student ONNX speed not measured: {onnx.get('reason')}."]
     return lines + [""]
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from compressor.moe_calibration import routing_weights
+
 
 @dataclass(frozen=True)
 class DenseFFN:
@@ -101,25 +103,12 @@ def aggregate(stack: ExpertStack, weights: torch.Tensor) -> DenseFFN:
 def routing_frequencies(router_logits: torch.Tensor, top_k: int, normalize_top_k: bool = True) -> torch.Tensor:
     """w_e = mean over tokens of the gate weight expert e received (0 when not selected), normalised to Σ w = 1.
 
-    The gate weights are exactly the ones the model uses: softmax over experts, top-k kept, renormalised over
-    the k when the family does so (Mixtral always; Qwen MoE by `norm_topk_prob`).
+    The gate weights are exactly the ones the model uses (`routing_weights` in top-k mode): softmax over
+    experts, top-k kept, renormalised over the k when the family does so (Mixtral always; Qwen MoE by
+    `norm_topk_prob`).
     """
-    probs = F.softmax(router_logits.float(), dim=-1)
-    values, chosen = probs.topk(top_k, dim=-1)
-    if normalize_top_k:
-        values = values / values.sum(-1, keepdim=True)
-    gates = torch.zeros_like(probs).scatter_(1, chosen, values)
-    mean = gates.mean(0)
+    mean = routing_weights(router_logits, top_k, normalize_top_k, "topk").mean(0)
     return mean / mean.sum()
-
-
-def routed_gates(router_logits: torch.Tensor, top_k: int, normalize_top_k: bool = True) -> torch.Tensor:
-    """[N, E] gate weight each token gives each expert under top-k routing (0 where not selected)."""
-    probs = F.softmax(router_logits.float(), dim=-1)
-    values, chosen = probs.topk(top_k, dim=-1)
-    if normalize_top_k:
-        values = values / values.sum(-1, keepdim=True)
-    return torch.zeros_like(probs).scatter_(1, chosen, values)
 
 
 # ---- knowledge truncation (§5a) -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Knowledge gathering (ALGORITHMS §5b, §8) needs, per layer, the router's decisions on real tokens (for routing
 frequencies and neuron importance) and the block's output (for the reconstruction error of the dense FFN).
 Captured with forward hooks on the teacher itself, so the numbers are those of the model as it runs.
+`routing_weights` is the one place the routing rule lives: gathering reads the model's own top-k from it, and
+the refinement teacher modes (§5c) its sampled and dense variants.
 """
 
 from __future__ import annotations
@@ -10,6 +12,34 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+
+MODES = ("topk", "sample", "dense")
+
+
+def routing_weights(
+    router_logits: torch.Tensor,
+    top_k: int,
+    normalize: bool,
+    mode: str,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """[N, E] weight of each expert for each token under `mode` (0 for experts not used)."""
+    probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
+    if mode == "dense":
+        return probs
+    if mode == "topk":
+        chosen = probs.topk(top_k, dim=-1).indices
+    elif mode == "sample":
+        proposal = probs if temperature == 1.0 else F.softmax(router_logits.float() / temperature, dim=-1)
+        chosen = torch.multinomial(proposal.detach(), top_k, replacement=False, generator=generator)
+    else:
+        raise ValueError(f"unknown routing mode {mode!r} (known: {', '.join(MODES)})")
+    values = probs.gather(1, chosen)
+    if normalize:
+        values = values / values.sum(-1, keepdim=True)
+    return torch.zeros_like(probs).scatter(1, chosen, values)
 
 
 def moe_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

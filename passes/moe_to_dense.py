@@ -32,11 +32,10 @@ from compressor.gathering import (
     neuron_scores,
     refit_down,
     relative_error,
-    routed_gates,
     routing_frequencies,
 )
 from compressor.ir import ModelIR
-from compressor.moe_calibration import capture_moe_io, router_statistics
+from compressor.moe_calibration import capture_moe_io, router_statistics, routing_weights
 from passes.base import Pass, PassConfig, PassContext, register
 
 
@@ -73,7 +72,9 @@ class MoEToDense(Pass):
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, math.ceil(cfg.calibration_tokens / cfg.seq_len))
         if len(blocks) == 0:
             raise UserError(f"{corpus.name}: too little text for one calibration block of {cfg.seq_len} tokens")
-        moe = ir.materialize(ctx.device, torch.float32)
+        # The pipeline's first pass gathers the teacher itself: reuse the run's teacher module, don't build another.
+        reuse = ir is ctx.teacher and next(ctx.teacher_model.parameters()).dtype == torch.float32
+        moe = ctx.teacher_model if reuse else ir.materialize(ctx.device, torch.float32)
         io = capture_moe_io(moe, blocks, cfg.calibration_tokens)
         act = ir.config.hidden_act
         ffns: dict[int, dict[str, torch.Tensor]] = {}
@@ -117,7 +118,7 @@ class MoEToDense(Pass):
         frequencies = routing_frequencies(router_logits, top_k, normalize)
         scores = None
         if cfg.method == "importance":
-            scores = neuron_scores(stack, inputs, routed_gates(router_logits, top_k, normalize), act)
+            scores = neuron_scores(stack, inputs, routing_weights(router_logits, top_k, normalize, "topk"), act)
         if cfg.width is not None and cfg.method != "importance" and cfg.width != stack.width:
             raise UserError(
                 f"moe_to_dense: width {cfg.width} differs from one expert's ({stack.width}); "

@@ -15,7 +15,6 @@ from compressor.gathering import (
     low_rank,
     neuron_scores,
     relative_error,
-    routed_gates,
     routing_frequencies,
     select_neurons,
     svd_kg,
@@ -90,7 +89,9 @@ def test_routing_frequencies_follow_the_router():
     w = routing_frequencies(logits, top_k=2)
     assert torch.isclose(w.sum(), torch.tensor(1.0))
     assert w[0] > w[1] > 0 and w[3] == 0 and torch.isclose(w[1], w[2])
-    gates = routed_gates(logits, top_k=2)
+    from compressor.moe_calibration import routing_weights
+
+    gates = routing_weights(logits, 2, True, "topk")
     assert torch.allclose(gates.sum(-1), torch.ones(2)) and int((gates > 0).sum()) == 4
 
 

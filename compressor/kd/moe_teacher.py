@@ -21,34 +21,7 @@ import torch.nn.functional as F
 
 from compressor.kd.divergences import DIVERGENCES, valid_rows
 from compressor.kd.losses import IGNORE_INDEX, lm_cross_entropy
-from compressor.moe_calibration import moe_blocks
-
-MODES = ("topk", "sample", "dense")
-
-
-def routing_weights(
-    router_logits: torch.Tensor,
-    top_k: int,
-    normalize: bool,
-    mode: str,
-    temperature: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """[N, E] weight of each expert for each token under `mode` (0 for experts not used)."""
-    probs = F.softmax(router_logits, dim=-1, dtype=torch.float32)
-    if mode == "dense":
-        return probs
-    if mode == "topk":
-        chosen = probs.topk(top_k, dim=-1).indices
-    elif mode == "sample":
-        proposal = probs if temperature == 1.0 else F.softmax(router_logits.float() / temperature, dim=-1)
-        chosen = torch.multinomial(proposal.detach(), top_k, replacement=False, generator=generator)
-    else:
-        raise ValueError(f"unknown routing mode {mode!r} (known: {', '.join(MODES)})")
-    values = probs.gather(1, chosen)
-    if normalize:
-        values = values / values.sum(-1, keepdim=True)
-    return torch.zeros_like(probs).scatter(1, chosen, values)
+from compressor.moe_calibration import MODES, moe_blocks, routing_weights
 
 
 def routed_forward(block: torch.nn.Module, hidden: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:

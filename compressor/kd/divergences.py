@@ -130,56 +130,66 @@ def logsumexp_into(rows: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
 
 
 class ChunkedCEAndForwardKL(torch.autograd.Function):
-    """(Σ CE(s, y), Σ KL(p ‖ q)) over tokens in one pass: the default objective's two terms share the
+    """(Σ CE(s, y), Σ KL(p^τ ‖ q^τ)) over tokens in one pass: the default objective's two terms share the
     student's softmax, forward and backward, so KD adds one teacher softmax to CE rather than a second loss.
-    Takes [N, V] rows with labels [N], or [B, T, V] views with labels [B, T] (every token valid). Logits are
-    scaled by 1/τ before the call.
+    Takes [N, V] rows with labels [N], or [B, T, V] views with labels [B, T] (every token valid).
 
-    With row log-normalisers ℓ_s, ℓ_t: CE = ℓ_s − s_y and KL = Σ_v p_v (t_v − s_v) − ℓ_t + ℓ_s, so the forward
-    keeps only ℓ_s, ℓ_t ([N] each), and ∂/∂s = q·(g_ce + g_kl) − p·g_kl − g_ce·onehot(y) is written straight into
-    the gradient. Two [chunk, V] scratch buffers are all the working memory, reused for every chunk: no [N, V]
-    intermediate, and no fresh large allocation (page faults) per chunk.
+    With row log-normalisers ℓ (of s, s/τ, t/τ): CE = ℓ_s − s_y and KL = Σ_v p^τ_v (t_v − s_v)/τ − ℓ_t^τ + ℓ_s^τ,
+    so the forward keeps only those [N] vectors, and ∂/∂s = q·g_ce − g_ce·onehot(y) + (q^τ − p^τ)·g_kl/τ is written
+    straight into the gradient. Two [chunk, V] scratch buffers, reused for every chunk, are all the working memory
+    at τ = 1 (no [N, V] intermediate, no fresh large allocation per chunk); τ ≠ 1 adds the scaled chunk copies.
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, labels, chunk_size: int):
+    def forward(ctx, student, teacher, labels, temperature: float, chunk_size: int):
         width = min(chunk_size, student.shape[-2])
         buffers = [torch.empty(width, student.shape[-1], dtype=torch.float32, device=student.device) for _ in "ab"]
         lse_s = torch.empty(labels.shape, dtype=torch.float32, device=student.device)
-        lse_t = torch.empty_like(lse_s)
+        lse_s_tau = lse_s if temperature == 1.0 else torch.empty_like(lse_s)
+        lse_t_tau = torch.empty_like(lse_s)
         ce_total = student.new_zeros((), dtype=torch.float32)
         kl_total = student.new_zeros((), dtype=torch.float32)
         for index in row_chunks(student, chunk_size):
             s, t, y = student[index].float(), teacher[index].float(), labels[index]
             a, b = (buffer[: s.shape[0]] for buffer in buffers)
-            lse_s[index], lse_t[index] = logsumexp_into(s, a), logsumexp_into(t, b)
+            lse_s[index] = logsumexp_into(s, a)
             ce_total += (lse_s[index] - s.gather(1, y[:, None]).squeeze(1)).sum()
-            p = torch.sub(t, lse_t[index][:, None], out=a).exp_()  # teacher probabilities
+            if temperature != 1.0:
+                s, t = s / temperature, t / temperature
+                lse_s_tau[index] = logsumexp_into(s, a)
+            lse_t_tau[index] = logsumexp_into(t, b)
+            p = torch.sub(t, lse_t_tau[index][:, None], out=a).exp_()  # teacher probabilities
             cross = torch.sub(t, s, out=b).mul_(p).nan_to_num_(0.0, 0.0, 0.0)  # 0·(−inf) at padding is 0
-            kl_total += cross.sum() + (lse_s[index] - lse_t[index]).sum()
-        ctx.save_for_backward(student, teacher, labels, lse_s, lse_t)
-        ctx.chunk_size = chunk_size
+            kl_total += cross.sum() + (lse_s_tau[index] - lse_t_tau[index]).sum()
+        ctx.save_for_backward(student, teacher, labels, lse_s, lse_s_tau, lse_t_tau)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
         return ce_total, kl_total
 
     @staticmethod
     def backward(ctx, grad_ce: torch.Tensor, grad_kl: torch.Tensor):
-        student, teacher, labels, lse_s, lse_t = ctx.saved_tensors
+        student, teacher, labels, lse_s, lse_s_tau, lse_t_tau = ctx.saved_tensors
+        tau = ctx.temperature
         grad = torch.empty(student.shape, dtype=student.dtype, device=student.device)
         width = min(ctx.chunk_size, student.shape[-2])
         scratch = torch.empty(width, student.shape[-1], dtype=torch.float32, device=student.device)
-        both = grad_ce + grad_kl
+        kl_scale = grad_kl / tau
         for index in row_chunks(student, ctx.chunk_size):
             s, t, y = student[index].float(), teacher[index].float(), labels[index]
-            p = torch.sub(t, lse_t[index][:, None], out=scratch[: s.shape[0]]).exp_().mul_(grad_kl)
+            t_tau = t if tau == 1.0 else t / tau
+            p = torch.sub(t_tau, lse_t_tau[index][:, None], out=scratch[: s.shape[0]]).exp_().mul_(kl_scale)
             if grad.dtype == torch.float32:
                 chunk = torch.sub(s, lse_s[index][:, None], out=grad[index])
             else:
                 chunk = s - lse_s[index][:, None]
-            chunk.exp_().mul_(both).sub_(p)
+            if tau == 1.0:
+                chunk.exp_().mul_(grad_ce + kl_scale).sub_(p)
+            else:
+                q_tau = (s / tau).sub_(lse_s_tau[index][:, None]).exp_().mul_(kl_scale)
+                chunk.exp_().mul_(grad_ce).add_(q_tau).sub_(p)
             chunk.scatter_add_(1, y[:, None], (-grad_ce).expand(chunk.shape[0], 1).to(chunk.dtype))
             if chunk.dtype != grad.dtype:
                 grad[index] = chunk.to(grad.dtype)
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def ce_and_forward_kl(
@@ -199,12 +209,7 @@ def ce_and_forward_kl(
         student, teacher = valid_rows(student, mask), valid_rows(teacher, mask)
         targets = labels.reshape(-1)[mask.reshape(-1)]
     count = max(1, int(mask.sum()))
-    if temperature == 1.0:
-        ce_sum, kl_sum = ChunkedCEAndForwardKL.apply(student, teacher, targets, chunk_size)
-        return ce_sum / count, kl_sum / count
-    # τ ≠ 1: CE stays on the plain logits, KL takes the scaled ones (one extra [N, V] copy each, rarely used)
-    ce_sum, _ = ChunkedCEAndForwardKL.apply(student, teacher, targets, chunk_size)
-    _, kl_sum = ChunkedCEAndForwardKL.apply(student / temperature, teacher / temperature, targets, chunk_size)
+    ce_sum, kl_sum = ChunkedCEAndForwardKL.apply(student, teacher, targets, float(temperature), chunk_size)
     return ce_sum / count, temperature**2 * kl_sum / count
 
 

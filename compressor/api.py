@@ -22,14 +22,21 @@ from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.distributed import is_main_process
 from compressor.errors import GateError, UserError
 from compressor.evaluate import compare
-from compressor.fs import atomic_directory
+from compressor.fs import (
+    atomic_directory,
+    check_disjoint,
+    check_output_parent,
+    real,
+    scratch_directory,
+    write_atomically,
+)
 from compressor.ir import ModelIR
 from compressor.kd.train import resolve_device
 from compressor.pipeline import PassCache, run_pipeline
 from compressor.recipe import Recipe, build_passes, default_passes, load_recipe, parse_assignments, parse_recipe
 from compressor.report import bench_section, build_report, markdown, model_card, plot_bench, write_report
 from passes import get_pass
-from passes.base import Budget, PassContext
+from passes.base import Budget, PassContext, load_tokenizer
 from passes.inherit import layers_for_budget
 from targets import get_target
 
@@ -50,11 +57,30 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
 
 
-def check_output(out: Path, overwrite: bool) -> None:
+def check_output(out: Path, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:
+    """Before any work: the output never is, contains or lies inside an input; never replaced without the flag;
+    its parent is writable."""
+    check_disjoint(out, inputs or {})
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: output directory already exists; pass --overwrite to replace it")
+    check_output_parent(out)
+
+
+def prepared_cache(cache_dir: str | None, use_cache: bool) -> PassCache | None:
+    """The pass cache, checked before any work (writable, ours or empty), or None with --no-cache."""
+    if not use_cache:
+        return None
+    return PassCache(Path(cache_dir) if cache_dir else default_cache_dir()).prepare()
+
+
+def check_teacher(ir: ModelIR, path: Path) -> None:
+    """Refuse weights holding NaN/inf up front, naming the tensors (export would fail on them much later)."""
+    bad = ir.non_finite_tensors()
+    if bad:
+        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise UserError(f"{path}: {len(bad)} tensor(s) hold NaN or inf values ({names})")
 
 
 @contextmanager
@@ -69,12 +95,18 @@ def atomic_output(out: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
 
 
-def with_teacher_lineage(ir: ModelIR, path: Path) -> ModelIR:
-    """A freshly loaded teacher starts a lineage; a student loaded for one more pass keeps its own."""
+def with_teacher_lineage(ir: ModelIR, path: Path, teacher: ModelIR | None = None) -> ModelIR:
+    """A freshly loaded model starts a lineage naming its teacher (itself unless `teacher` is given) by absolute
+    path and fingerprint; a student loaded for one more pass keeps its own."""
     if ir.lineage.get("teacher"):
         return ir
+    teacher = teacher or ir
     lineage = {
-        "teacher": {"path": str(path), "fingerprint": ir.fingerprint, "model_type": ir.config.model_type},
+        "teacher": {
+            "path": str(real(path)),
+            "fingerprint": teacher.fingerprint,
+            "model_type": teacher.config.model_type,
+        },
         "passes": [],
     }
     return ir.evolve(lineage=lineage)
@@ -100,6 +132,16 @@ class ModelRequest:
     use_cache: bool = True
     trust_remote_code: bool = False
     show_progress: bool = True
+
+
+def check_corpus(corpus, task: str, tokenizer) -> None:
+    """A causal LM needs at least one block of text to train on and one to evaluate on: check before any work."""
+    if task != "causal-lm":
+        return
+    from compressor.data import lm_blocks
+
+    lm_blocks(tokenizer, corpus.train, 128, max_blocks=1, name=corpus.name)
+    lm_blocks(tokenizer, corpus.eval, 128, max_blocks=1, name=corpus.eval_name)
 
 
 def teacher_model_type(teacher: str | None) -> str | None:
@@ -147,41 +189,50 @@ def compress_model(request: ModelRequest) -> dict:
     started = time.perf_counter()
     recipe = resolve_recipe(request)
     teacher_path = Path(recipe.teacher) if recipe.teacher else default_teacher()
-    teacher = with_teacher_lineage(ModelIR.load(teacher_path, request.trust_remote_code), teacher_path)
     target = get_target(recipe.target)
-    corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval)
-    sts_rows = read_sts(recipe.data.sts) if recipe.data.sts else None
+    out = Path(request.out) if request.out else Path("compressed") / f"{teacher_path.name}-{target.name}"
+    inputs = {
+        "teacher": teacher_path,
+        "data": recipe.data.train,
+        "eval data": recipe.data.eval,
+        "STS file": recipe.data.sts,
+        "recipe": request.recipe,
+    }
+    check_output(out, request.overwrite, inputs)
+    teacher = with_teacher_lineage(ModelIR.load(teacher_path, request.trust_remote_code), teacher_path)
     passes = build_passes(recipe.passes, request.recipe or "recipe")
     budget = recipe.budget_value()
     if budget.layers is None and budget.params is None:
         budget = Budget(layers=target.default_budget)
     if any(p.name == "inherit" for p in passes):
         layers_for_budget(teacher, budget)  # an impossible budget fails here, before any work
+    for step in passes:
+        step.check(teacher)
     device = resolve_device(recipe.device)
-    out = Path(request.out) if request.out else Path("compressed") / f"{teacher_path.name}-{target.name}"
-    check_output(out, request.overwrite)
+    tokenizer = load_tokenizer(teacher.source)
+    corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval)
+    check_corpus(corpus, teacher.task, tokenizer)
+    sts_rows = read_sts(recipe.data.sts) if recipe.data.sts else None
+    check_teacher(teacher, teacher_path)
+    cache = prepared_cache(request.cache_dir, request.use_cache)
 
-    with atomic_output(out, request.overwrite) as tmp, tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
+    with atomic_output(out, request.overwrite) as tmp, scratch_directory() as scratch:
         ctx = PassContext(
             teacher=teacher,
             target=target,
             corpus=corpus,
             budget=budget,
-            scratch=Path(scratch),
-            artifacts=Path(scratch),
+            scratch=scratch,
+            artifacts=scratch,
             device=device,
             seed=recipe.seed,
             show_progress=request.show_progress,
-        )
-        cache = (
-            PassCache(Path(request.cache_dir) if request.cache_dir else default_cache_dir())
-            if request.use_cache
-            else None
+            shared={"tokenizer": tokenizer},
         )
         student, records = run_pipeline(teacher, passes, ctx, tmp, cache)
         student.save(
             tmp / "student",
-            extra={"teacher": str(teacher_path), "target": target.name, "recipe": recipe.model_dump(mode="json")},
+            extra={"teacher": str(real(teacher_path)), "target": target.name, "recipe": recipe.model_dump(mode="json")},
         )
         quality = compare(
             ctx.teacher_model.cpu().float(),
@@ -250,11 +301,35 @@ def check_gates(recipe: Recipe, quality: dict) -> dict:
     }
 
 
-def teacher_of(ir: ModelIR, given: str | None, fallback: Path) -> Path:
+def teacher_of(ir: ModelIR, given: str | None, source: Path, required: bool = False) -> Path:
+    """The teacher of `ir`: `--teacher` when given, else the one its lineage names, checked by fingerprint.
+
+    A model without lineage is its own teacher (the start of a pipeline) unless `required` (`compress eval`,
+    where comparing a model with itself would report a false retention of 1.0). A recorded teacher that is
+    missing or changed is an error: falling back to the student would make every figure silently false.
+    """
     if given:
         return Path(given)
-    recorded = ir.lineage.get("teacher", {}).get("path")
-    return Path(recorded) if recorded and Path(recorded).exists() else fallback
+    recorded = ir.lineage.get("teacher") or {}
+    path = recorded.get("path")
+    if not path:
+        if required:
+            raise UserError(f"{source}: no teacher recorded in its compressor.json; pass --teacher DIR")
+        return source
+    teacher = Path(path)
+    if not teacher.is_absolute():  # lineages written before paths were stored absolute
+        raise UserError(f"{source}: its lineage names the teacher by a relative path ({path}); pass --teacher DIR")
+    if not (teacher / "config.json").exists():
+        raise UserError(f"{source}: its teacher {teacher} (from compressor.json) is not there; pass --teacher DIR")
+    expected = recorded.get("fingerprint")
+    if expected and real(teacher) != real(source):
+        found = ModelIR.load(teacher).fingerprint
+        if found != expected:
+            raise UserError(
+                f"{source}: the teacher at {teacher} has changed since this model was made from it "
+                f"(fingerprint {found[:12]}, recorded {expected[:12]}); pass --teacher DIR to use it anyway"
+            )
+    return teacher
 
 
 def run_pass(
@@ -278,30 +353,35 @@ def run_pass(
     overrides = parse_assignments(assignments or [])
     step = build_passes([{name: overrides}], "--set")[0]
     source_path = Path(source)
+    out_path = Path(out)
+    check_output(out_path, overwrite, {"--in model": source_path, "teacher": teacher, "data": data})
     ir = ModelIR.load(source_path)
     teacher_path = teacher_of(ir, teacher, source_path)
-    teacher_ir = ModelIR.load(teacher_path) if teacher_path != source_path else ir
-    ir = with_teacher_lineage(ir, teacher_path if teacher_path == source_path else teacher_path)
+    check_disjoint(out_path, {"teacher": teacher_path})
+    teacher_ir = ModelIR.load(teacher_path) if real(teacher_path) != real(source_path) else ir
+    ir = with_teacher_lineage(ir, teacher_path, teacher_ir)
+    step.check(ir)
     corpus = load_corpus(data or BUILTIN) if (cls.needs_data or cls.name == "export") else None
     budget_value = Budget(layers=budget) if budget is not None else Budget()
     if cls.name == "inherit" and budget is not None:
         layers_for_budget(ir, budget_value)
     target_obj = get_target(target)
-    out_path = Path(out)
-    with atomic_output(out_path, overwrite) as tmp, tempfile.TemporaryDirectory(prefix="compressor-") as scratch:
+    dev = resolve_device(device)
+    check_teacher(ir, source_path)
+    cache = prepared_cache(cache_dir, use_cache)
+    with atomic_output(out_path, overwrite) as tmp, scratch_directory() as scratch:
         ctx = PassContext(
             teacher=teacher_ir,
             target=target_obj,
             corpus=corpus,
             budget=budget_value,
-            scratch=Path(scratch),
-            artifacts=Path(scratch),
-            device=resolve_device(device),
+            scratch=scratch,
+            artifacts=scratch,
+            device=dev,
             seed=seed,
             show_progress=show_progress,
         )
-        cache = PassCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
-        artifacts = Path(scratch) / "collected"
+        artifacts = scratch / "collected"
         result, records = run_pipeline(ir, [step], ctx, artifacts, cache)
         if step.produces_ir:
             result.save(tmp / "student-tmp")
@@ -327,7 +407,7 @@ def evaluate_models(
 ) -> dict:
     """`compress eval`: the student against its teacher on held-out text (and STS-B when given)."""
     student_ir = ModelIR.load(student)
-    teacher_path = teacher_of(student_ir, teacher, Path(student))
+    teacher_path = teacher_of(student_ir, teacher, Path(student), required=True)
     teacher_ir = ModelIR.load(teacher_path)
     if teacher_ir.task != student_ir.task:
         raise UserError(
@@ -335,8 +415,6 @@ def evaluate_models(
         )
     corpus = load_corpus(data or BUILTIN)
     sts_rows = read_sts(sts) if sts else None
-    from passes.base import load_tokenizer
-
     tokenizer = load_tokenizer(Path(student) if (Path(student) / "tokenizer_config.json").exists() else teacher_path)
     dev = resolve_device(device)
     result = compare(
@@ -365,7 +443,7 @@ def export_onnx(ir: ModelIR, target, quantize: str, scratch: Path, show_progress
         show_progress=show_progress,
     )
     collected = scratch / f"collected-{uuid.uuid4().hex[:6]}"
-    run_pipeline(ir, [step], ctx, collected, PassCache(default_cache_dir()))
+    run_pipeline(ir, [step], ctx, collected, prepared_cache(None, True))
     return collected / "onnx"
 
 
@@ -390,6 +468,8 @@ def bench(
     target_obj = get_target(target)
     run_dir = Path(student)
     is_run = (run_dir / "report.json").exists() and (run_dir / "student").is_dir() and (run_dir / "onnx").is_dir()
+    if is_run and not out:
+        read_report(run_dir / "report.json")  # a corrupt report is found now, not after the measurements
     teacher_ir = ModelIR.load(teacher)
     student_ir = ModelIR.load(run_dir / "student" if is_run else run_dir)
     if teacher_ir.task != student_ir.task:
@@ -399,12 +479,11 @@ def bench(
     if not is_run and not out:
         raise UserError(f"{student}: not a `compress model` output folder; pass --out for the benchmark results")
     if out:
-        check_output(Path(out), overwrite)
+        check_output(Path(out), overwrite, {"teacher": teacher, "student": student})
     causal = teacher_ir.task == "causal-lm"
     vocab = int(teacher_ir.config.vocab_size)
     available, why = target_obj.hardware()
-    with tempfile.TemporaryDirectory(prefix="compressor-bench-") as scratch:
-        scratch_path = Path(scratch)
+    with scratch_directory("bench") as scratch_path:
         # Optimum cannot export MoE teachers (mixtral, qwen2_moe): they are measured in PyTorch only.
         moe = teacher_ir.family == "moe"
         teacher_onnx = None if moe else export_onnx(teacher_ir, target_obj, "none", scratch_path / "t", show_progress)
@@ -474,7 +553,7 @@ def summarize_bench(variants: dict, teacher_ir: ModelIR, student_ir: ModelIR, ta
 
 def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool) -> None:
     if into_run:
-        report = json.loads((destination / "report.json").read_text())
+        report = read_report(destination / "report.json")
         result["plot"] = plot_bench(result, destination / "plots")
         report["bench"] = result
         write_atomically(destination / "report.json", json.dumps(report, indent=2, default=str))
@@ -486,7 +565,11 @@ def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool
         (tmp / "BENCH.md").write_text("\n".join(["# Benchmark", "", *bench_section(result)]))
 
 
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:6]}")
-    tmp.write_text(text)
-    tmp.replace(path)
+def read_report(path: Path) -> dict:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable report ({str(exc).splitlines()[0]}); re-run `compress model`") from None
+    if not isinstance(report, dict) or "teacher" not in report:
+        raise UserError(f"{path}: not a Compressor report; re-run `compress model`")
+    return report

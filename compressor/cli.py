@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command.main(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
-        print(f"compress: error: {exc}", file=sys.stderr)
+        print(f"compress: error: {one_line(str(exc), 600)}", file=sys.stderr)
         return 2
     except GateError as exc:
         print(f"compress: gate failed: {exc}", file=sys.stderr)
@@ -239,12 +239,27 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # anything else is our bug or the environment's: say what, keep it short
         if os.environ.get("COMPRESSOR_DEBUG"):
             raise
+        from compressor.fs import free_space, is_disk_full
+
+        if is_disk_full(exc):
+            where = getattr(exc, "filename", None) or "the output or cache folder"
+            print(
+                f"compress: error: no space left on device writing {where} ({free_space(where)} free)", file=sys.stderr
+            )
+            return 2
         print(
-            f"compress: internal error: {type(exc).__name__}: {exc} (set COMPRESSOR_DEBUG=1 for a traceback)",
+            f"compress: internal error: {type(exc).__name__}: {one_line(str(exc))} "
+            "(set COMPRESSOR_DEBUG=1 for a traceback)",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def one_line(message: str, limit: int = 300) -> str:
+    """The first line of a message, cut to `limit` characters: errors are read, not scrolled."""
+    first = (message.strip().splitlines() or [""])[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def entry() -> None:

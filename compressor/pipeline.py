@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from rich.console import Console
 
 import compressor
 from compressor.distributed import is_main_process
-from compressor.fs import atomic_directory
+from compressor.errors import UserError
+from compressor.fs import MARKER, atomic_directory, check_writable, owner_of, sha256_file
 from compressor.ir import ModelIR
-from compressor.ir.graph import sha256_file
+from compressor.locks import run_lock
 from passes.base import Pass, PassContext
 
 STDERR = Console(stderr=True)
@@ -42,11 +45,36 @@ class StepRecord:
     cache_note: str | None = None
 
 
+CACHE_OWNER = "compressor pass cache"
+CACHE_CHILD = re.compile(r"^([0-9a-f]{2}|runs|locks|logits|seqkd|\..*)$")  # what a cache root of ours holds
+
+
 class PassCache:
     """Content-addressed store of pass results under `root/<key>/`."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+
+    def prepare(self) -> PassCache:
+        """Check the root before any work: a writable directory that is empty or one of our caches (exit 2)."""
+        check_writable(self.root, "cache directory")
+        if owner_of(self.root) != CACHE_OWNER:
+            foreign = sorted(p.name for p in self.root.iterdir() if not CACHE_CHILD.match(p.name))
+            if foreign:
+                raise UserError(
+                    f"{self.root}: cache directory holds files that are not Compressor's ({', '.join(foreign[:3])}); "
+                    "refusing to use it (choose an empty or new folder)"
+                )
+            (self.root / MARKER).write_text(CACHE_OWNER + "\n")
+        return self
+
+    def run_dir(self, key: str) -> Path:
+        return self.root / "runs" / key
+
+    def lock(self, key: str):
+        return run_lock(
+            self.root / "locks" / f"{key}.lock", on_wait=lambda message: STDERR.print(f"[yellow]{message}[/]")
+        )
 
     def entry(self, key: str) -> Path:
         return self.root / key[:2] / key
@@ -105,49 +133,58 @@ def run_pipeline(
     records: list[StepRecord] = []
     for step in steps:
         key = cache_key(ir, step, ctx)
-        hit = cache.load(key) if cache else None
-        note = "corrupt cache entry: recomputed" if hit == "corrupt" else None
-        if note:
-            STDERR.print(f"[yellow]{step.name}: {note}[/]")
-        if isinstance(hit, tuple):
-            cached_ir, record, artifacts = hit
-            STDERR.print(f"[green]{step.name}[/]: cached ({key[:12]})")
-            if artifacts.exists():
-                shutil.copytree(artifacts, artifacts_out, dirs_exist_ok=True)
-            ir = cached_ir.evolve(fingerprint=key, source=ir.source) if cached_ir is not None else ir
-            records.append(StepRecord(step.name, record["config"], key, record["seconds"], True, record["metrics"]))
-            continue
-        STDERR.print(f"[bold]{step.name}[/]: running")
-        step_artifacts = ctx.scratch / f"artifacts-{len(records)}-{step.name}"
-        step_artifacts.mkdir(parents=True, exist_ok=True)
-        # Checkpoints live beside the cache, keyed like the result: a crashed run resumes on the next try.
-        run_dir = (cache.root / "runs" / key) if cache else (ctx.scratch / f"run-{len(records)}-{step.name}")
-        step_ctx = dataclasses.replace(ctx, artifacts=step_artifacts, metrics={}, run_dir=run_dir)
-        start = time.perf_counter()
-        result = step.run(ir, step_ctx)
-        seconds = time.perf_counter() - start
-        if (run_dir / "metrics.jsonl").exists():
-            (step_artifacts / "runs" / step.name).mkdir(parents=True, exist_ok=True)
-            shutil.copy2(run_dir / "metrics.jsonl", step_artifacts / "runs" / step.name / "metrics.jsonl")
-        config = step.config.model_dump(mode="json")
-        record = {"config": config, "seconds": round(seconds, 3), "metrics": step_ctx.metrics}
-        if step.produces_ir:
-            lineage = {**result.lineage}
-            lineage["passes"] = [
-                *lineage.get("passes", []),
-                {
-                    "pass": step.name,
-                    "config": config,
-                    "key": key,
-                    "metrics": {k: v for k, v in step_ctx.metrics.items() if k != "loss_curve"},
-                },
-            ]
-            result = result.evolve(lineage=lineage, fingerprint=key)
-        if cache:
-            cache.store(key, result if step.produces_ir else None, record, step_artifacts)
-        if is_main_process():
-            shutil.rmtree(run_dir, ignore_errors=True)  # finished: the result itself is what is kept
-        shutil.copytree(step_artifacts, artifacts_out, dirs_exist_ok=True)
-        ir = result if step.produces_ir else ir
-        records.append(StepRecord(step.name, config, key, round(seconds, 3), False, step_ctx.metrics, note))
+        # one run per key: a second identical run waits, then finds the first one's result in the cache
+        with cache.lock(key) if cache else nullcontext():
+            ir, record = run_step(ir, step, key, ctx, artifacts_out, cache, len(records))
+        records.append(record)
     return ir, records
+
+
+def run_step(
+    ir: ModelIR, step: Pass, key: str, ctx: PassContext, artifacts_out: Path, cache: PassCache | None, index: int
+) -> tuple[ModelIR, StepRecord]:
+    """One pass: served from the cache when a valid entry exists, else run (resuming its checkpoints) and stored."""
+    hit = cache.load(key) if cache else None
+    note = "corrupt cache entry: recomputed" if hit == "corrupt" else None
+    if note:
+        STDERR.print(f"[yellow]{step.name}: {note}[/]")
+    if isinstance(hit, tuple):
+        cached_ir, record, artifacts = hit
+        STDERR.print(f"[green]{step.name}[/]: cached ({key[:12]})")
+        if artifacts.exists():
+            shutil.copytree(artifacts, artifacts_out, dirs_exist_ok=True)
+        ir = cached_ir.evolve(fingerprint=key, source=ir.source) if cached_ir is not None else ir
+        return ir, StepRecord(step.name, record["config"], key, record["seconds"], True, record["metrics"])
+    STDERR.print(f"[bold]{step.name}[/]: running")
+    step_artifacts = ctx.scratch / f"artifacts-{index}-{step.name}"
+    step_artifacts.mkdir(parents=True, exist_ok=True)
+    # Checkpoints live beside the cache, keyed like the result: a crashed run resumes on the next try.
+    run_dir = cache.run_dir(key) if cache else (ctx.scratch / f"run-{index}-{step.name}")
+    step_ctx = dataclasses.replace(ctx, artifacts=step_artifacts, metrics={}, run_dir=run_dir)
+    start = time.perf_counter()
+    result = step.run(ir, step_ctx)
+    seconds = time.perf_counter() - start
+    if (run_dir / "metrics.jsonl").exists():
+        (step_artifacts / "runs" / step.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(run_dir / "metrics.jsonl", step_artifacts / "runs" / step.name / "metrics.jsonl")
+    config = step.config.model_dump(mode="json")
+    record = {"config": config, "seconds": round(seconds, 3), "metrics": step_ctx.metrics}
+    if step.produces_ir:
+        lineage = {**result.lineage}
+        lineage["passes"] = [
+            *lineage.get("passes", []),
+            {
+                "pass": step.name,
+                "config": config,
+                "key": key,
+                "metrics": {k: v for k, v in step_ctx.metrics.items() if k != "loss_curve"},
+            },
+        ]
+        result = result.evolve(lineage=lineage, fingerprint=key)
+    if cache:
+        cache.store(key, result if step.produces_ir else None, record, step_artifacts)
+    if is_main_process():
+        shutil.rmtree(run_dir, ignore_errors=True)  # finished: the result itself is what is kept
+    shutil.copytree(step_artifacts, artifacts_out, dirs_exist_ok=True)
+    ir = result if step.produces_ir else ir
+    return ir, StepRecord(step.name, config, key, round(seconds, 3), False, step_ctx.metrics, note)

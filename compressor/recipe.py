@@ -93,7 +93,7 @@ def build_passes(entries: list[dict[str, dict[str, Any] | None]], source: str) -
         except UserError as exc:
             raise UserError(f"{source}: passes[{index}]: {exc}") from None
         try:
-            built.append(cls(cls.Config(**(raw or {}))))
+            built.append(cls(cls.Config(**(raw or {})), where=f"{source}: passes[{index}].{name}"))
         except ValidationError as exc:
             raise UserError(f"{source}: {first_error(exc, f'passes[{index}].{name}')}") from None
     return built
@@ -121,6 +121,10 @@ def load_recipe(path: str | Path) -> Recipe:
         raise UserError(
             f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({str(exc).splitlines()[0]})"
         ) from None
+    if isinstance(raw, dict) and "passes" in raw and not raw["passes"]:
+        raise UserError(
+            f"{path}: passes: the pipeline is empty; list at least one pass, or drop the key for the default"
+        )
     return parse_recipe(raw, str(path))
 
 

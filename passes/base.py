@@ -68,14 +68,23 @@ class PassContext:
         return self.corpus
 
 
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model")
+
+
 def load_tokenizer(source: Path | None):
     """The teacher's tokenizer from its directory (offline), with a pad token for batching."""
     from transformers import AutoTokenizer
 
+    if source is None or not any((Path(source) / name).exists() for name in TOKENIZER_MARKERS):
+        raise UserError(
+            f"{source}: no tokenizer files in the model directory (expected one of {', '.join(TOKENIZER_MARKERS)}); "
+            "save the tokenizer beside the weights"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{source}: no usable tokenizer in the model directory ({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # transformers raises many kinds here (AttributeError on missing files, among others)
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{source}: no usable tokenizer in the model directory ({first})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -91,8 +100,12 @@ class Pass:
     target_dependent: ClassVar[bool] = False  # whether the target is part of the cache key
     produces_ir: ClassVar[bool] = True
 
-    def __init__(self, config: PassConfig | None = None) -> None:
+    def __init__(self, config: PassConfig | None = None, where: str | None = None) -> None:
         self.config = config if config is not None else self.Config()
+        self.where = where or self.name  # the key path of this pass's config, for error messages
+
+    def check(self, ir: ModelIR) -> None:
+        """Refuse a config that cannot work on `ir` before any work starts (UserError naming `self.where`)."""
 
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         raise NotImplementedError

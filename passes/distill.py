@@ -20,6 +20,7 @@ from pydantic import Field
 from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine, perplexity
+from compressor.fs import check_replaceable
 from compressor.ir import ModelIR
 from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
@@ -31,6 +32,7 @@ from compressor.kd.features import (
     layer_map,
     minilm_relation_loss,
 )
+from compressor.kd.logit_cache import OWNER as LOGIT_CACHE_OWNER
 from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.moe_teacher import (
@@ -123,6 +125,13 @@ class Distill(Pass):
     Config = DistillConfig
     needs_data = True
     needs_teacher = True
+
+    def check(self, ir: ModelIR) -> None:
+        """A logit-cache folder we would (re)build must be absent or one of our logit caches: never the user's."""
+        cfg: DistillConfig = self.config
+        folder = Path(cfg.logit_cache) if cfg.logit_cache else None
+        if folder is not None and cfg.teacher_signal != "online" and not (folder / "index.json").exists():
+            check_replaceable(folder, LOGIT_CACHE_OWNER)
 
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: DistillConfig = self.config
@@ -254,7 +263,7 @@ class Distill(Pass):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
         needed = cfg.steps * cfg.batch_size * cfg.grad_accumulation
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed)
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed, name=corpus.name)
         if cfg.data_source != "data":
             generated = self.teacher_generated(ctx, teacher, blocks, needed)
             blocks = generated if cfg.data_source == "teacher" else torch.cat([blocks, generated])
@@ -323,7 +332,9 @@ class Distill(Pass):
             return loss, parts
 
         held = (
-            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks) if cfg.eval_every else None
+            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks, name=corpus.eval_name)
+            if cfg.eval_every
+            else None
         )
 
         def evaluate(model):

@@ -74,12 +74,28 @@ class Inherit(Pass):
     Config = InheritConfig
     needs_data = True
 
-    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+    def check(self, ir: ModelIR) -> None:
         cfg: InheritConfig = self.config
         total = ir.num_layers
         if cfg.strategy == "indices" or cfg.indices is not None:
             if not cfg.indices:
-                raise UserError("inherit: strategy 'indices' needs a non-empty `indices` list")
+                raise UserError(f"{self.where}.indices: strategy 'indices' needs a non-empty list of layers")
+            wrong = [i for i in cfg.indices if not 0 <= i < total]
+            if wrong:
+                raise UserError(
+                    f"{self.where}.indices: layer(s) {wrong} out of range "
+                    f"(the model has {total} layers: 0..{total - 1})"
+                )
+            if len(set(cfg.indices)) != len(cfg.indices):
+                raise UserError(f"{self.where}.indices: {cfg.indices} lists a layer twice")
+        elif cfg.layers is not None and cfg.layers > total:
+            raise UserError(f"{self.where}.layers: {cfg.layers} layers asked, the model has only {total}")
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+        cfg: InheritConfig = self.config
+        total = ir.num_layers
+        self.check(ir)
+        if cfg.strategy == "indices" or cfg.indices is not None:
             keep = sorted(cfg.indices)
         else:
             count = cfg.layers or layers_for_budget(ir, ctx.budget)
@@ -119,7 +135,7 @@ class Inherit(Pass):
         corpus = ctx.require_corpus(self.name)
         n = cfg.calibration_batches * cfg.calibration_batch_size
         if ir.task == "causal-lm":
-            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=n)
+            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=n, name=corpus.name)
             for start in range(0, len(blocks), cfg.calibration_batch_size):
                 yield {"input_ids": blocks[start : start + cfg.calibration_batch_size].to(ctx.device)}
         else:

@@ -69,7 +69,9 @@ class MoEToDense(Pass):
         cfg: MoEToDenseConfig = self.config
         check_uniform_moe(ir)
         corpus = ctx.require_corpus(self.name)
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, math.ceil(cfg.calibration_tokens / cfg.seq_len))
+        blocks = lm_blocks(
+            ctx.tokenizer, corpus.train, cfg.seq_len, math.ceil(cfg.calibration_tokens / cfg.seq_len), corpus.name
+        )
         if len(blocks) == 0:
             raise UserError(f"{corpus.name}: too little text for one calibration block of {cfg.seq_len} tokens")
         # The pipeline's first pass gathers the teacher itself: reuse the run's teacher module, don't build another.
@@ -102,7 +104,7 @@ class MoEToDense(Pass):
         )
         dense_model = student.materialize(ctx.device, torch.float32)
         if cfg.eval_blocks and corpus.eval:
-            held = lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, cfg.eval_blocks)
+            held = lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, cfg.eval_blocks, corpus.eval_name)
             if len(held):
                 ctx.metrics["moe_ppl"] = round(perplexity(moe, held.to(ctx.device)), 4)
                 ctx.metrics["gathered_ppl"] = round(perplexity(dense_model, held.to(ctx.device)), 4)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from compressor.errors import UserError
-from compressor.fs import atomic_directory
+from compressor.fs import atomic_directory, sha256_file
 from compressor.ir.families import adapter_for, adapter_named
 from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter, Member, layer_of
 from compressor.ir.weights import WeightStore, checkpoint_files
@@ -61,6 +61,11 @@ def read_config(path: Path, trust_remote_code: bool = False):
     if not model_type:
         raise UserError(f"{config_file}: no model_type key")
     adapter_for(model_type, str(config_file))
+    if raw.get("auto_map") and not trust_remote_code:
+        raise UserError(
+            f"{config_file}: auto_map points at custom model code ({', '.join(sorted(raw['auto_map']))}); "
+            "Compressor runs only stock transformers classes unless you pass --trust-remote-code"
+        )
     from transformers import AutoConfig
 
     try:
@@ -74,14 +79,6 @@ def parameter_names(adapter: FamilyAdapter, config) -> dict[str, tuple[int, ...]
     with torch.device("meta"):
         model = adapter.model_class(config)._from_config(config)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -162,6 +159,15 @@ class ModelIR:
     @cached_property
     def groups(self) -> dict[str, list[Member]]:
         return self.adapter.groups(self.config, list(self.weights))
+
+    def non_finite_tensors(self) -> list[str]:
+        """Names of tensors holding NaN or inf (a broken teacher is refused up front, not found in export)."""
+        bad = []
+        for name in self.weights:
+            tensor = self.weights[name]
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad.append(name)
+        return bad
 
     def content_fingerprint(self) -> str:
         """sha256 over the config and every tensor's bytes: the IR's identity for caching."""
@@ -333,7 +339,10 @@ class ModelIR:
 
         out = Path(out)
         with atomic_directory(out) as tmp:
-            self.config.save_pretrained(tmp)
+            config = copy.deepcopy(self.config)
+            if hasattr(config, "auto_map"):  # students are stock models: never point them at the teacher's code
+                del config.auto_map
+            config.save_pretrained(tmp)
             state = {n: t.detach().cpu().contiguous() for n, t in self.weights.items()}
             split = split_torch_state_dict_into_shards(state, max_shard_size="4GB")
             for filename, names in split.filename_to_tensors.items():

@@ -58,6 +58,11 @@ def checkpoint_files(model_dir: Path) -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (ValueError, KeyError) as exc:
             raise UserError(f"{index}: unreadable shard index ({exc})") from None
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{index}: weight_map is not a mapping of tensor names to files")
+        for name in set(weight_map.values()):
+            if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise UserError(f"{index}: shard {name!r} lies outside the model folder; refusing to read it")
         files = sorted({model_dir / name for name in weight_map.values()})
         missing = [f.name for f in files if not f.exists()]
         if missing:

@@ -21,6 +21,7 @@ from compressor.fs import atomic_directory
 from compressor.kd.sparse import random_sampling_targets, top_k_targets
 
 FORMAT = 1
+OWNER = "logit cache"  # the marker that lets a rebuild replace the folder (fs.atomic_directory)
 
 
 def default_root() -> Path:
@@ -93,7 +94,7 @@ class SparseLogitCache:
         device = next(teacher.parameters()).device
         generator = torch.Generator(device="cpu")
         shards = []
-        with atomic_directory(folder) as tmp:
+        with atomic_directory(folder, owner=OWNER) as tmp:
             for shard_start in range(0, len(blocks), shard_blocks):
                 generator.manual_seed(seed * 1_000_003 + shard_start)  # fixed per shard: reproducible
                 shard = blocks[shard_start : shard_start + shard_blocks]

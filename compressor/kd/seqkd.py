@@ -14,6 +14,8 @@ import torch
 from compressor.errors import UserError
 from compressor.fs import atomic_directory
 
+OWNER = "teacher-generated corpus"  # marker: a regeneration may replace only such a folder
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -84,7 +86,7 @@ def teacher_corpus(
         repeats = -(-settings.sequences // len(prompts))
         prompts = prompts.repeat(repeats, 1)
     blocks = generate_corpus(teacher, prompts, settings, pad_token_id)
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, owner=OWNER) as tmp:
         save_file({"ids": blocks.contiguous()}, tmp / "corpus.safetensors")
         (tmp / "index.json").write_text(
             json.dumps(

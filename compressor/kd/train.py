@@ -23,9 +23,10 @@ from typing import Any, Protocol
 
 import torch
 
-from compressor.fs import atomic_directory
+from compressor.fs import atomic_directory, sha256_file, write_atomically
 
 CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"  # sha256 of every file of a checkpoint, written last
 
 
 class Stateful(Protocol):
@@ -128,14 +129,27 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+
+
 def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without it is an error, not a silent fallback."""
+    """`auto` picks CUDA when present; asking for a device this machine lacks is an error, not a silent fallback."""
+    import re
+
+    from compressor.errors import UserError
+
+    if not re.fullmatch(DEVICE_PATTERN, str(device)):
+        raise UserError(f"device {device!r}: unknown device (use auto, cpu, cuda or cuda:N)")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from compressor.errors import UserError
-
-        raise UserError(f"device {device!r}: CUDA is not available on this machine")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r}: CUDA is not available on this machine")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UserError(f"device {device!r}: MPS is not available on this machine")
     return torch.device(device)
 
 
@@ -199,6 +213,8 @@ def save_checkpoint(
             "tokens": result.tokens,
         }
         (tmp / "trainer.json").write_text(json.dumps(meta, default=float))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        (tmp / MANIFEST).write_text(json.dumps(files, indent=2))
     return folder
 
 
@@ -232,11 +248,48 @@ def join_tensors(state: dict, path: Path) -> dict:
     return {**{k: v for k, v in state.items() if k != "__tensors__"}, **{k: tensors[k] for k in names}}
 
 
-def latest_checkpoint(run_dir: Path | None) -> Path | None:
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be trusted (missing manifest, missing or changed file), or None."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "no readable manifest"
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its checksum (truncated or corrupt)"
+    return None
+
+
+def latest_checkpoint(run_dir: Path | None, say: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint whose files match their manifest; damaged newer ones are removed (and said so)."""
     if run_dir is None or not (run_dir / CHECKPOINTS).exists():
         return None
     done = sorted(p for p in (run_dir / CHECKPOINTS).iterdir() if p.name.startswith("step-"))
-    return done[-1] if done else None
+    for folder in reversed(done):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        if say:
+            say(f"checkpoint {folder} is unusable ({problem}); removed it and fell back to the previous one")
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def truncate_metrics(metrics_file: Path, last_step: int) -> None:
+    """Drop the records a killed run wrote after its last checkpoint: they are about to be written again."""
+    if not metrics_file.exists():
+        return
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a half-written last line of a killed run
+    write_atomically(metrics_file, "".join(f"{line}\n" for line in kept))
 
 
 def load_checkpoint(
@@ -261,6 +314,12 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
     done = sorted(p for p in (run_dir / CHECKPOINTS).iterdir() if p.name.startswith("step-"))
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]{message}[/]", highlight=False)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -297,13 +356,15 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     result = TrainResult(steps=config.steps)
     start_step = 0
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_checkpoint(run_dir, say=warn)
     if checkpoint is not None:
         start_step = load_checkpoint(checkpoint, accelerator, model, optimizer, scheduler, extra_state, result)
         result.resumed_from = start_step
+        warn(f"{description}: resumed from {checkpoint} (step {start_step} of {config.steps})")
     metrics_file = run_dir / "metrics.jsonl" if run_dir and accelerator.is_main_process else None
     if metrics_file:
         metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(metrics_file, start_step)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         from compressor.fs import free_space, is_disk_full
 
         if is_disk_full(exc):
-            where = getattr(exc, "filename", None) or "the output or cache folder"
+            where = visible_path(getattr(exc, "filename", None)) or "the output or cache folder"
             print(
                 f"compress: error: no space left on device writing {where} ({free_space(where)} free)", file=sys.stderr
             )
@@ -254,6 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     return 0
+
+
+def visible_path(path: str | None) -> str | None:
+    """The folder a user knows for a path inside one of our hidden build folders (`.NAME.partial-*`)."""
+    if not path:
+        return None
+    parts = []
+    for part in str(path).split(os.sep):
+        if ".partial-" in part and part.startswith("."):
+            parts.append(part[1 : part.index(".partial-")])
+            break
+        parts.append(part)
+    return os.sep.join(parts)
 
 
 def one_line(message: str, limit: int = 300) -> str:

@@ -29,7 +29,7 @@ from compressor.ir import ModelIR
 from compressor.locks import run_lock
 from passes.base import Pass, PassContext
 
-STDERR = Console(stderr=True)
+STDERR = Console(stderr=True, soft_wrap=True)
 
 
 @dataclass

@@ -114,8 +114,13 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: recipe file not found")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: recipe is not UTF-8 text") from None
+    try:
+        if path.suffix != ".json":
+            check_expansion(yaml.compose(text), path)
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:
         raise UserError(
@@ -126,6 +131,30 @@ def load_recipe(path: str | Path) -> Recipe:
             f"{path}: passes: the pipeline is empty; list at least one pass, or drop the key for the default"
         )
     return parse_recipe(raw, str(path))
+
+
+MAX_RECIPE_NODES = 10_000  # a recipe is a few dozen keys; YAML aliases can make a tiny file expand to billions
+
+
+def check_expansion(root, path: Path) -> None:
+    """Refuse a YAML document whose aliases expand past MAX_RECIPE_NODES (a "billion laughs" bomb)."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a recursive alias counts once instead of looping
+        if isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = min(total, MAX_RECIPE_NODES + 1)
+        return sizes[id(node)]
+
+    if root is not None and size(root) > MAX_RECIPE_NODES:
+        raise UserError(f"{path}: recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases); refusing it")
 
 
 MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")

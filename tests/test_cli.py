@@ -1,9 +1,7 @@
-"""The `compress` command end to end, and every kind of bad input: exit 2, one line, nothing left behind."""
+"""The `compress` command end to end (bad inputs and faults: tests/test_bad_inputs.py, tests/test_faults.py)."""
 
 import json
-import shutil
 
-import pytest
 from transformers import AutoModel, AutoModelForCausalLM
 
 from compressor.cli import main
@@ -14,104 +12,6 @@ def run(capsys, *args):
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_bad_input(code, err, *fragments):
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("compress: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
-@pytest.fixture
-def out(tmp_path):
-    return tmp_path / "out"
-
-
-def nothing_left(out):
-    return not out.exists() and not any(p.name.startswith(f".{out.name}") for p in out.parent.iterdir())
-
-
-def test_missing_teacher_path(capsys, out, tmp_path):
-    code, _, err = run(capsys, "model", tmp_path / "nope", "--out", out)
-    assert_bad_input(code, err, "nope", "no such file or directory")
-    assert nothing_left(out)
-
-
-def test_directory_without_config(capsys, out, tmp_path):
-    (tmp_path / "empty").mkdir()
-    code, _, err = run(capsys, "model", tmp_path / "empty", "--out", out)
-    assert_bad_input(code, err, "empty", "no config.json")
-    assert nothing_left(out)
-
-
-def test_truncated_safetensors(capsys, out, tmp_path, tiny_dirs):
-    broken = shutil.copytree(tiny_dirs["llama"], tmp_path / "broken")
-    weights = broken / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-500])
-    code, _, err = run(capsys, "model", broken, "--out", out)
-    assert_bad_input(code, err, "model.safetensors", "truncated or corrupt")
-    assert nothing_left(out)
-
-
-def test_unsupported_model_type_lists_the_families(capsys, out, tmp_path):
-    odd = tmp_path / "odd"
-    odd.mkdir()
-    (odd / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    code, _, err = run(capsys, "model", odd, "--out", out)
-    assert_bad_input(code, err, "unsupported model_type 'gpt_neox'", "llama", "mixtral", "bert")
-    assert nothing_left(out)
-
-
-def test_recipe_typo_names_the_key(capsys, out, tmp_path, tiny_dirs):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("passes:\n  - inherit: {}\n  - distill: {stpes: 3}\n")
-    code, _, err = run(capsys, "model", tiny_dirs["llama"], "--recipe", recipe, "--out", out)
-    assert_bad_input(code, err, "passes[1].distill.stpes: unknown key")
-    assert nothing_left(out)
-
-
-def test_empty_data_file(capsys, out, tmp_path, tiny_dirs):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("")
-    code, _, err = run(capsys, "model", tiny_dirs["llama"], "--data", empty, "--out", out)
-    assert_bad_input(code, err, "empty.txt", "empty")
-    assert nothing_left(out)
-
-
-@pytest.mark.parametrize("budget,fragment", [("0", "(0, 1]"), ("0.1", "fewer than one"), ("1.5", "(0, 1]")])
-def test_impossible_budget(capsys, out, tiny_dirs, budget, fragment):
-    code, _, err = run(capsys, "model", tiny_dirs["llama"], "--budget", budget, "--out", out)
-    assert_bad_input(code, err, fragment)
-    assert nothing_left(out)
-
-
-def test_unknown_target(capsys, out, tiny_dirs):
-    code, _, err = run(capsys, "model", tiny_dirs["llama"], "--target", "tpu", "--out", out)
-    assert_bad_input(code, err, "tpu")
-    assert nothing_left(out)
-
-
-def test_existing_output_is_never_overwritten_without_the_flag(capsys, tmp_path, tiny_dirs):
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "precious.txt").write_text("keep me")
-    code, _, err = run(capsys, "model", tiny_dirs["llama"], "--out", out)
-    assert_bad_input(code, err, "already exists", "--overwrite")
-    assert (out / "precious.txt").read_text() == "keep me"
-
-
-def test_pass_with_a_bad_setting(capsys, out, tiny_dirs):
-    code, _, err = run(capsys, "pass", "distill", "--in", tiny_dirs["llama"], "--out", out, "--set", "stpes=3")
-    assert_bad_input(code, err, "stpes: unknown key")
-    assert nothing_left(out)
-
-
-def test_unknown_pass(capsys, out, tiny_dirs):
-    code, _, err = run(capsys, "pass", "shrink", "--in", tiny_dirs["llama"], "--out", out)
-    assert_bad_input(code, err, "unknown pass 'shrink'", "distill", "export", "inherit")
 
 
 def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
@@ -252,13 +152,3 @@ def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
     assert {"teacher_pytorch", "teacher_onnx", "student_onnx_fp32"} <= set(bench["variants"])
     assert bench["variants"]["teacher_onnx"]["speedup"] == 1.0
     assert "## Speed" in (out / "REPORT.md").read_text() and (out / "plots" / "bench.png").exists()
-
-
-def test_bench_of_a_plain_student_needs_an_out_folder(capsys, tiny_dirs):
-    code, _, err = run(capsys, "bench", tiny_dirs["llama"], tiny_dirs["mistral"])
-    assert_bad_input(code, err, "pass --out")
-
-
-def test_an_out_of_range_option_is_a_usage_error(capsys, tiny_dirs):
-    code, _, err = run(capsys, "bench", tiny_dirs["llama"], tiny_dirs["mistral"], "--runs", "2")
-    assert_bad_input(code, err, "--runs")

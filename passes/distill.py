@@ -33,7 +33,7 @@ from compressor.kd.features import (
     minilm_relation_loss,
 )
 from compressor.kd.logit_cache import OWNER as LOGIT_CACHE_OWNER
-from compressor.kd.logit_cache import SparseLogitCache, cache_key, default_root
+from compressor.kd.logit_cache import SparseLogitCache, cache_key
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.moe_teacher import (
     WithTeacherRouter,
@@ -81,7 +81,7 @@ class DistillConfig(PassConfig):
     )
     cache_draws: int = Field(default=50, ge=1, description="RS-KD draws per position (about 12 unique tokens)")
     cache_topk: int = Field(default=12, ge=1, description="tokens per position for the top-k cache")
-    logit_cache: str | None = Field(default=None, description="cache folder; default: under $COMPRESSOR_CACHE/logits")
+    logit_cache: str | None = Field(default=None, description="cache folder; default: logits/ in the run's cache")
     data_source: Literal["data", "teacher", "mixed"] = Field(
         default="data", description="train on the data, on a corpus the teacher generates from its prompts, or both"
     )
@@ -394,7 +394,7 @@ class Distill(Pass):
         )
         teacher_fp = ctx.teacher.content_fingerprint()
         data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
-        folder = default_root().parent / "seqkd" / settings.key(teacher_fp, data_fp)
+        folder = ctx.cache_base / "seqkd" / settings.key(teacher_fp, data_fp)
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         corpus, reused = teacher_corpus(folder, teacher, blocks, settings, teacher_fp, data_fp, pad)
         ctx.metrics["teacher_corpus"] = {"folder": str(folder), "sequences": len(corpus), "reused": reused}
@@ -409,7 +409,7 @@ class Distill(Pass):
         folder = (
             Path(cfg.logit_cache)
             if cfg.logit_cache
-            else (default_root() / cache_key(teacher_fp, data_fp, method, size, blocks.shape[1]))
+            else (ctx.cache_base / "logits" / cache_key(teacher_fp, data_fp, method, size, blocks.shape[1]))
         )
         if (folder / "index.json").exists():
             cache = SparseLogitCache.open(folder, teacher_fp, data_fp)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +21,6 @@ from compressor.kd.sparse import random_sampling_targets, top_k_targets
 
 FORMAT = 1
 OWNER = "logit cache"  # the marker that lets a rebuild replace the folder (fs.atomic_directory)
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor")) / "logits"
 
 
 def cache_key(teacher_fingerprint: str, data_fingerprint: str, method: str, size: int, seq_len: int) -> str:

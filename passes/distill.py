@@ -8,6 +8,7 @@ Encoders: cosine on mean-pooled sentence embeddings plus MSE on last hidden stat
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -22,6 +23,7 @@ from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine, perplexity
 from compressor.fs import check_replaceable
 from compressor.ir import ModelIR
+from compressor.kd.budget import TrainingPlan, auto_eval_every, plan_training
 from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
     CaptureQKV,
@@ -48,8 +50,18 @@ from compressor.kd.replay import ReplayScheduler
 from compressor.kd.schedules import DTSState, TAIDState
 from compressor.kd.seqkd import SamplingSettings, teacher_corpus
 from compressor.kd.sparse import ce_and_sparse_kd
-from compressor.kd.train import IndexedBatches, StateGroup, TrainConfig, make_accelerator, train
+from compressor.kd.train import (
+    IndexedBatches,
+    StateGroup,
+    TrainConfig,
+    make_accelerator,
+    measure_step_seconds,
+    say,
+    train,
+)
 from passes.base import Pass, PassConfig, PassContext, register
+
+MAX_BLOCKS = 200_000  # LM blocks read from the data when no length is given (25.6M tokens at 128)
 
 
 def router_shift(initial: list[torch.Tensor], trained: torch.nn.Module) -> float:
@@ -59,7 +71,12 @@ def router_shift(initial: list[torch.Tensor], trained: torch.nn.Module) -> float
 
 
 class DistillConfig(PassConfig):
-    steps: int = Field(default=300, ge=1)
+    steps: int | None = Field(default=None, ge=1, description="optimizer steps; default: planned from the budget")
+    train_tokens: int | None = Field(default=None, ge=1, description="training tokens (budget.train_tokens)")
+    time_budget: float | None = Field(default=None, gt=0, description="seconds of training (budget.time)")
+    max_epochs: float = Field(default=20.0, gt=0, description="default length: passes over the data, at most")
+    default_minutes: float = Field(default=10.0, gt=0, description="default length: minutes of training, at most")
+    patience: int = Field(default=5, ge=0, description="held-out evaluations without improvement before stopping")
     lr: float | None = Field(default=None, gt=0, description="default: 1e-3 for causal LMs, 2e-4 for encoders")
     batch_size: int = Field(default=16, ge=1)
     seq_len: int = Field(default=128, ge=8, description="tokens per block (LM) or max sentence length (encoder)")
@@ -110,7 +127,9 @@ class DistillConfig(PassConfig):
     gradient_checkpointing: bool = False
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(default=100, ge=0, description="steps between resumable checkpoints (0: none)")
-    eval_every: int = Field(default=0, ge=0, description="steps between held-out evaluations (0: none)")
+    eval_every: int | None = Field(
+        default=None, ge=0, description="steps between held-out evaluations (default: about 20 per run; 0: none)"
+    )
     eval_blocks: int = Field(default=16, ge=1, description="held-out blocks (LM) or sentences/8 (encoder)")
     cosine_weight: float = Field(default=1.0, ge=0)
     mse_weight: float = Field(default=1.0, ge=0)
@@ -139,7 +158,7 @@ class Distill(Pass):
         self.routing_seed = ctx.seed
         lr = cfg.lr or (1e-3 if ir.task == "causal-lm" else 2e-4)
         config = TrainConfig(
-            steps=cfg.steps,
+            steps=cfg.steps or 1,
             lr=lr,
             warmup_ratio=cfg.warmup_ratio,
             weight_decay=cfg.weight_decay,
@@ -147,9 +166,10 @@ class Distill(Pass):
             grad_accumulation=cfg.grad_accumulation,
             gradient_checkpointing=cfg.gradient_checkpointing,
             checkpoint_every=cfg.checkpoint_every or None,
-            eval_every=cfg.eval_every or None,
             mixed_precision=cfg.mixed_precision,
             seed=ctx.seed,
+            monitor_mode="min" if ir.task == "causal-lm" else "max",
+            patience=cfg.patience,
         )
         # One process here; under `accelerate launch` each process trains on its shard of every global batch.
         accelerator = make_accelerator(ctx.device, config)
@@ -177,6 +197,12 @@ class Distill(Pass):
             data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective, shard)
         else:
             data, loss_fn, evaluate = self.encoder_setup(ctx, teacher, shard)
+        plan = self.plan(ctx, student, data, loss_fn, accelerator, state)
+        self.total_steps = plan.steps
+        eval_every = auto_eval_every(plan.steps) if cfg.eval_every is None else cfg.eval_every
+        config = dataclasses.replace(
+            config, steps=plan.steps, eval_every=eval_every or None, time_limit=plan.time_limit
+        )
         result = train(
             student,
             data,
@@ -189,6 +215,17 @@ class Distill(Pass):
             accelerator=accelerator,
             description="distill",
             show_progress=ctx.show_progress,
+        )
+        ctx.metrics.update(
+            {
+                "plan": plan.as_dict(),
+                "steps_done": result.steps_done,
+                "stopped": result.stopped,
+                "best_step": result.best.step,
+                "best_heldout": result.best.value,
+                "restored_best": result.restored_best,
+                "eval_every": eval_every,
+            }
         )
         stride = max(1, len(result.losses) // 200)
         ctx.metrics.update(
@@ -240,7 +277,7 @@ class Distill(Pass):
             generator = torch.Generator(device=ids.device).manual_seed(self.routing_seed * 1_000_003 + step)
             losses, parts = [], {}
             for logits in augmented_teacher_logits(teacher, ids, cfg.ka_samples, cfg.ka_temperature, generator):
-                loss, parts = objective(student_logits, logits[:, :-1], labels, step, cfg.steps)
+                loss, parts = objective(student_logits, logits[:, :-1], labels, step, self.total_steps)
                 losses.append(loss)
             return torch.stack(losses).mean(), parts
         with teacher_routing(teacher, "dense"):
@@ -250,6 +287,29 @@ class Distill(Pass):
         )
 
     routing_seed: int = 0
+    total_steps: int = 1000  # the planned length (schedules of TAID, the replay scheduler); set before training
+
+    def plan(self, ctx: PassContext, student, data, loss_fn, accelerator, state) -> TrainingPlan:
+        """The run's length: the stored plan of a resumed run, else planned from a measured step time."""
+        cfg: DistillConfig = self.config
+        stored = TrainingPlan.load(ctx.run_dir)
+        if stored is not None:
+            return stored
+        seconds, tokens = measure_step_seconds(student, data, loss_fn, accelerator, state)
+        plan = plan_training(
+            tokens_per_step=tokens * cfg.grad_accumulation * accelerator.num_processes,
+            steps_per_epoch=data.usable / (data.batch_size * data.world * cfg.grad_accumulation),
+            seconds_per_step=seconds * cfg.grad_accumulation,
+            steps=cfg.steps,
+            train_tokens=cfg.train_tokens,
+            time_budget=cfg.time_budget,
+            max_epochs=cfg.max_epochs,
+            default_seconds=cfg.default_minutes * 60,
+        )
+        if ctx.run_dir is not None and accelerator.is_main_process:
+            plan.save(ctx.run_dir)
+        say(f"{self.name}: {plan.describe(str(accelerator.device))}")
+        return plan
 
     def trainable(self, model):
         """The module the trainer updates; `lora_kd` wraps it in adapters here."""
@@ -262,10 +322,13 @@ class Distill(Pass):
     def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
-        needed = cfg.steps * cfg.batch_size * cfg.grad_accumulation
+        if cfg.steps or cfg.train_tokens:
+            needed = (cfg.steps or 0) * cfg.batch_size * cfg.grad_accumulation or -(-cfg.train_tokens // cfg.seq_len)
+        else:
+            needed = MAX_BLOCKS  # the data, up to a cap: the plan counts epochs of what was read
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed, name=corpus.name)
         if cfg.data_source != "data":
-            generated = self.teacher_generated(ctx, teacher, blocks, needed)
+            generated = self.teacher_generated(ctx, teacher, blocks, min(needed, len(blocks)))
             blocks = generated if cfg.data_source == "teacher" else torch.cat([blocks, generated])
         data = IndexedBatches(
             len(blocks),
@@ -287,7 +350,7 @@ class Distill(Pass):
                     model, teacher, objective, self.student_samples(model, ids), step, "on_policy"
                 )
             if replay is not None:
-                decision = replay.decide(step, cfg.steps)
+                decision = replay.decide(step, self.total_steps)
                 if decision == "generate":
                     sampled = self.student_samples(model, ids)
                     replay.push(sampled)
@@ -312,7 +375,7 @@ class Distill(Pass):
                 return self.routed_teacher_loss(teacher, objective, student_logits, ids, step)
             with torch.no_grad(), CaptureQKV(teacher, relations) as teacher_qkv:
                 teacher_out = teacher(input_ids=ids, output_hidden_states=cfg.hidden_weight > 0)
-            loss, parts = objective(student_logits, teacher_out.logits[:, :-1], ids[:, 1:], step, cfg.steps)
+            loss, parts = objective(student_logits, teacher_out.logits[:, :-1], ids[:, 1:], step, self.total_steps)
             if cfg.hidden_weight > 0:
                 hidden = hidden_state_loss(
                     out.projected,
@@ -333,7 +396,7 @@ class Distill(Pass):
 
         held = (
             lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks, name=corpus.eval_name)
-            if cfg.eval_every
+            if cfg.eval_every != 0
             else None
         )
 
@@ -372,13 +435,12 @@ class Distill(Pass):
 
     def generated_loss(self, model, teacher, objective: LMObjective, sampled: torch.Tensor, step: int, kind: str):
         """The divergence to the teacher on generated tokens only (GKD §7.4, DistiLLM §7.3): no CE on them."""
-        cfg: DistillConfig = self.config
         with torch.no_grad():
             teacher_logits = teacher(input_ids=sampled).logits[:, :-1]
         labels = sampled[:, 1:].clone()
         labels[:, : self.prompt_length(sampled) - 1] = -100
         student_logits = model(input_ids=sampled).logits[:, :-1]
-        loss, parts = objective(student_logits, teacher_logits, labels, step, cfg.steps, kd_only=True)
+        loss, parts = objective(student_logits, teacher_logits, labels, step, self.total_steps, kd_only=True)
         return loss, {**parts, kind: 1.0}
 
     def teacher_generated(self, ctx: PassContext, teacher, blocks: torch.Tensor, sequences: int) -> torch.Tensor:
@@ -446,7 +508,7 @@ class Distill(Pass):
             lambda index: encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len),
             *shard,
         )
-        held = (sentences(corpus.eval) or list(corpus.eval))[: cfg.eval_blocks * 8] if cfg.eval_every else None
+        held = (sentences(corpus.eval) or list(corpus.eval))[: cfg.eval_blocks * 8] if cfg.eval_every != 0 else None
 
         def evaluate(model):
             return {"embedding_cosine": embedding_cosine(model, teacher, tokenizer, held, cfg.seq_len)}

@@ -11,10 +11,9 @@ number, and the last good checkpoint stays on disk.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +22,14 @@ from typing import Any, Protocol
 
 import torch
 
-from compressor.fs import atomic_directory, sha256_file, write_atomically
-
-CHECKPOINTS = "checkpoints"
-MANIFEST = "manifest.json"  # sha256 of every file of a checkpoint, written last
+from compressor.kd.best import BestKeeper, BestState
+from compressor.kd.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    truncate_metrics,
+)
 
 
 class Stateful(Protocol):
@@ -64,6 +67,10 @@ class TrainConfig:
     eval_every: int | None = None
     mixed_precision: str = "auto"  # auto: bf16 (or fp16) on CUDA, none on CPU
     seed: int = 0
+    monitor_mode: str = "min"  # the first value `evaluate` returns is the one monitored: lower ("min") is better
+    patience: int = 0  # evaluations without improvement before stopping early (0: never)
+    keep_best: bool = True  # end with the weights of the best held-out evaluation
+    time_limit: float | None = None  # seconds of training (across resumes) after which the run stops
 
 
 @dataclass
@@ -75,6 +82,10 @@ class TrainResult:
     seconds: float = 0.0
     tokens: int = 0
     resumed_from: int | None = None
+    best: BestState = field(default_factory=BestState)
+    stopped: str | None = None  # why the run ended before `steps` (early stopping, time budget)
+    restored_best: bool = False  # whether the weights returned are the best evaluation's, not the last step's
+    steps_done: int = 0
 
     @property
     def first_loss(self) -> float:
@@ -164,162 +175,53 @@ def make_accelerator(device: torch.device, config: TrainConfig):
     )
 
 
-# ---- checkpoints --------------------------------------------------------------------------------------
-def rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    """Every RNG as (tensors, JSON): no pickle anywhere in a checkpoint."""
-    import numpy as np
-
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    plain = {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), pos, has_gauss, cached]}
-    return tensors, plain
-
-
-def restore_rng(tensors: dict[str, torch.Tensor], plain: dict) -> None:
-    import numpy as np
-
-    version, internal, gauss = plain["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = plain["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(tensors["torch"])
-    if torch.cuda.is_available() and "cuda0" in tensors:
-        torch.cuda.set_rng_state_all([tensors[f"cuda{i}"] for i in range(torch.cuda.device_count())])
-
-
-def save_checkpoint(
-    run_dir: Path, step: int, accelerator, model, optimizer, scheduler, extra: Stateful | None, result: TrainResult
-) -> Path:
-    """Write checkpoint `step` atomically (temp dir + rename); older ones beyond `keep` are pruned by the caller."""
-    from safetensors.torch import save_file
-
-    folder = run_dir / CHECKPOINTS / f"step-{step:08d}"
-    with atomic_directory(folder) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
-        save_file(dedupe_shared(state), tmp / "model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        rng_tensors, rng_plain = rng_state()
-        save_file(rng_tensors, tmp / "rng.safetensors")
-        meta = {
-            "step": step,
-            "rng": rng_plain,
-            "extra": split_tensors(extra.state_dict(), tmp / "extra.safetensors") if extra else None,
-            "losses": result.losses,
-            "parts": result.parts,
-            "evaluations": result.evaluations,
-            "tokens": result.tokens,
-        }
-        (tmp / "trainer.json").write_text(json.dumps(meta, default=float))
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        (tmp / MANIFEST).write_text(json.dumps(files, indent=2))
-    return folder
-
-
-def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors sharing memory (tied embeddings): keep the first name of each storage."""
-    seen: dict[tuple, str] = {}
-    out = {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen[key] = name
-            out[name] = tensor
-    return out
-
-
-def split_tensors(state: dict, path: Path) -> dict:
-    """Top-level tensors of a state dict go to a safetensors file, the rest stays JSON (replay buffers, say)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    if tensors:
-        save_file(tensors, path)
-    return {**{k: v for k, v in state.items() if k not in tensors}, "__tensors__": sorted(tensors)}
-
-
-def join_tensors(state: dict, path: Path) -> dict:
-    from safetensors.torch import load_file
-
-    names = state.get("__tensors__", [])
-    tensors = load_file(path) if names else {}
-    return {**{k: v for k, v in state.items() if k != "__tensors__"}, **{k: tensors[k] for k in names}}
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why a checkpoint folder cannot be trusted (missing manifest, missing or changed file), or None."""
-    try:
-        files = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return "no readable manifest"
-    for name, digest in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if sha256_file(path) != digest:
-            return f"{name} does not match its checksum (truncated or corrupt)"
-    return None
-
-
-def latest_checkpoint(run_dir: Path | None, say: Callable[[str], None] | None = None) -> Path | None:
-    """The newest checkpoint whose files match their manifest; damaged newer ones are removed (and said so)."""
-    if run_dir is None or not (run_dir / CHECKPOINTS).exists():
-        return None
-    done = sorted(p for p in (run_dir / CHECKPOINTS).iterdir() if p.name.startswith("step-"))
-    for folder in reversed(done):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        if say:
-            say(f"checkpoint {folder} is unusable ({problem}); removed it and fell back to the previous one")
-        shutil.rmtree(folder, ignore_errors=True)
-    return None
-
-
-def truncate_metrics(metrics_file: Path, last_step: int) -> None:
-    """Drop the records a killed run wrote after its last checkpoint: they are about to be written again."""
-    if not metrics_file.exists():
-        return
-    kept = []
-    for line in metrics_file.read_text().splitlines():
-        try:
-            if int(json.loads(line)["step"]) <= last_step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue  # a half-written last line of a killed run
-    write_atomically(metrics_file, "".join(f"{line}\n" for line in kept))
-
-
-def load_checkpoint(
-    folder: Path, accelerator, model, optimizer, scheduler, extra: Stateful | None, result: TrainResult
-) -> int:
-    from safetensors.torch import load_file
-
-    accelerator.unwrap_model(model).load_state_dict(load_file(folder / "model.safetensors"), strict=False)
-    states = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
-    meta = json.loads((folder / "trainer.json").read_text())
-    restore_rng(load_file(folder / "rng.safetensors"), meta["rng"])
-    if extra and meta["extra"]:
-        extra.load_state_dict(join_tensors(meta["extra"], folder / "extra.safetensors"))
-    result.losses, result.parts = meta["losses"], meta["parts"]
-    result.evaluations, result.tokens = meta["evaluations"], meta["tokens"]
-    return int(meta["step"])
-
-
-def prune_checkpoints(run_dir: Path, keep: int) -> None:
-    done = sorted(p for p in (run_dir / CHECKPOINTS).iterdir() if p.name.startswith("step-"))
-    for old in done[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def warn(message: str) -> None:
+    say(message, "yellow")
+
+
+def say(message: str, style: str = "bold") -> None:
+    """One line on stderr, never wrapped (a plan or a warning is read, and grepped, as one line)."""
     from rich.console import Console
 
-    Console(stderr=True, soft_wrap=True).print(f"[yellow]{message}[/]", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[{style}]{message}[/]", highlight=False)
+
+
+def measure_step_seconds(
+    model: torch.nn.Module,
+    batches: Callable[[int], dict[str, torch.Tensor]],
+    loss_fn: Callable,
+    accelerator,
+    state: Stateful | None = None,
+    probes: int = 3,
+) -> tuple[float, int]:
+    """Seconds of one micro-batch (forward, loss, backward) and its tokens, timed on the first batches.
+
+    Changes nothing the run depends on: no optimizer step, gradients cleared, RNG and loss-schedule state
+    restored, so a planned run trains exactly as one whose length was given.
+    """
+    from compressor.kd.checkpoints import restore_rng, rng_state
+
+    tensors, plain = rng_state()
+    saved = copy.deepcopy(state.state_dict()) if state is not None else None
+    times, tokens = [], 0
+    model.train()
+    for index in range(probes):
+        batch = {k: v.to(accelerator.device) for k, v in batches(index).items()}
+        started = time.perf_counter()
+        with accelerator.autocast():
+            loss, _ = loss_fn(model, batch, 0)
+        loss.backward()
+        if accelerator.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+        tokens = int(batch["input_ids"].numel())
+    model.zero_grad(set_to_none=True)
+    restore_rng(tensors, plain)
+    if state is not None:
+        state.load_state_dict(saved)
+    timed = sorted(times[1:] or times)  # the first call pays for allocations and kernel selection
+    optimizer_share = 1.1  # AdamW's update and gradient clipping on top of the backward pass
+    return timed[len(timed) // 2] * optimizer_share, tokens
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
@@ -374,9 +276,25 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    keeper = BestKeeper(config.monitor_mode, config.patience, run_dir if accelerator.is_main_process else None)
+    if start_step:
+        keeper.resume(result.best)
+
+    def evaluate_now(done: int) -> None:
+        model.eval()
+        values = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        result.evaluations.append({"step": done, **values})
+        keeper.observe(done, float(next(iter(values.values()))), accelerator.unwrap_model(model))
+        result.best = keeper.state
+
     started = time.perf_counter()
+    seconds_before = result.seconds  # training time of earlier (killed) invocations, from the checkpoint
     tokens_this_run = 0
     disable = not show_progress or not accelerator.is_main_process
+    if evaluate and config.eval_every and start_step == 0:
+        evaluate_now(0)  # the curve's start, and a floor: a run never returns worse than it began
+    done = start_step
     with Progress(*columns, disable=disable, transient=False) as progress:
         task = progress.add_task(description, total=config.steps, completed=start_step, loss=float("nan"), tps=0.0)
         for step in range(start_step, config.steps):
@@ -407,16 +325,29 @@ def train(
             result.losses.append(step_loss)
             result.parts.append(step_parts)
             done = step + 1
-            if evaluate and config.eval_every and (done % config.eval_every == 0 or done == config.steps):
-                model.eval()
-                result.evaluations.append({"step": done, **evaluate(accelerator.unwrap_model(model))})
-                model.train()
+            result.seconds = seconds_before + time.perf_counter() - started
+            out_of_time = config.time_limit is not None and result.seconds >= config.time_limit
+            if (
+                evaluate
+                and config.eval_every
+                and (done % config.eval_every == 0 or done == config.steps or out_of_time)
+            ):
+                evaluate_now(done)
+            if keeper.should_stop:
+                result.stopped = (
+                    f"early stopping at step {done}: no held-out improvement in {config.patience} evaluations "
+                    f"(best at step {keeper.state.step})"
+                )
+            elif out_of_time and done < config.steps:
+                result.stopped = f"time budget of {config.time_limit:.0f} s reached at step {done}"
             if metrics_file:
                 record = {"step": done, "loss": step_loss, "lr": scheduler.get_last_lr()[0], **step_parts}
                 if result.evaluations and result.evaluations[-1]["step"] == done:
                     record["eval"] = result.evaluations[-1]
                 with metrics_file.open("a") as handle:
                     handle.write(json.dumps(record, default=float) + "\n")
+            if result.stopped:
+                break
             if run_dir and config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
@@ -427,7 +358,12 @@ def train(
             progress.update(task, advance=1, loss=step_loss, tps=tokens_this_run / max(elapsed, 1e-9))
             if on_step:
                 on_step(done)
-    result.seconds = time.perf_counter() - started
+    result.steps_done = done
+    if result.stopped:
+        warn(f"{description}: {result.stopped}")
+    if config.keep_best and result.best.step is not None and result.best.step != done:
+        result.restored_best = keeper.restore(accelerator.unwrap_model(model))
+    result.seconds = seconds_before + time.perf_counter() - started
     if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_disable"):
         accelerator.unwrap_model(model).gradient_checkpointing_disable()
     model.eval()

@@ -130,7 +130,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
-    from compressor.kd.train import latest_checkpoint
+    from compressor.kd.checkpoints import latest_checkpoint
 
     model, data = regression_problem()
     train(model, data, mse, TrainConfig(steps=9, lr=0.01, checkpoint_every=2), run_dir=tmp_path, show_progress=False)
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_good_one(tmp_path):
 
 
 def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
-    from compressor.kd.train import truncate_metrics
+    from compressor.kd.checkpoints import truncate_metrics
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, 8)) + '{"step": 8, "lo')

@@ -1,0 +1,155 @@
+"""How long to train (issue 13 §1): a budget the user states in tokens or wall time, else one derived from the
+data and a speed measured on this machine, decided before the first step and printed up front.
+
+Default (no steps, tokens or time given): up to `max_epochs` passes over the training data, capped by
+`default_seconds` of training at the measured step time; early stopping on held-out data ends it sooner when
+more training stops helping. The plan is a pure function of its inputs so it can be tested, and it is stored in
+the run folder so a resumed run keeps the schedule it started with.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from compressor.errors import UserError
+
+PLAN_FILE = "plan.json"
+SIZE_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+TIME_SUFFIX = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_tokens(text: str | int | float, what: str = "--train-tokens") -> int:
+    """`12.3M`, `500k`, `2e6` or `1000000` → a token count (> 0)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgb]?)\s*", str(text).lower())
+    if not match:
+        raise UserError(f"{what} {text!r}: expected a token count such as 2000000, 500k or 12.3M")
+    value = int(float(match.group(1)) * SIZE_SUFFIX[match.group(2)])
+    if value <= 0:
+        raise UserError(f"{what} {text!r}: must be more than 0 tokens")
+    return value
+
+
+def parse_duration(text: str | int | float, what: str = "--time-budget") -> float:
+    """`30m`, `1.5h`, `90s` or `90` (seconds) → seconds (> 0)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text).lower())
+    if not match:
+        raise UserError(f"{what} {text!r}: expected a duration such as 90s, 30m or 1.5h")
+    value = float(match.group(1)) * TIME_SUFFIX[match.group(2) or ""]
+    if value <= 0:
+        raise UserError(f"{what} {text!r}: must be longer than 0 s")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    steps: int
+    tokens_per_step: int
+    steps_per_epoch: float
+    seconds_per_step: float | None
+    reason: str  # what decided the length: "steps", "train_tokens", "max_epochs", "time_budget", "default_time"
+    time_limit: float | None  # hard stop (seconds of training), None when the user fixed the length
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.tokens_per_step
+
+    @property
+    def epochs(self) -> float:
+        return self.steps / self.steps_per_epoch if self.steps_per_epoch else 0.0
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        return self.steps * self.seconds_per_step if self.seconds_per_step else None
+
+    def as_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "tokens": self.tokens,
+            "epochs": round(self.epochs, 3),
+            "estimated_seconds": round(self.estimated_seconds, 1) if self.estimated_seconds else None,
+        }
+
+    def describe(self, device: str) -> str:
+        why = {
+            "steps": "steps given",
+            "train_tokens": "token budget given",
+            "max_epochs": f"{self.epochs:.1f} epochs of the data",
+            "time_budget": "time budget given",
+            "default_time": "default time cap",
+        }[self.reason]
+        line = (
+            f"training {human_count(self.tokens)} tokens ({self.steps:,} steps of {self.tokens_per_step:,} tokens, "
+            f"{self.epochs:.2f} epochs; {why})"
+        )
+        if self.estimated_seconds:
+            line += f", about {human_duration(self.estimated_seconds)} on this machine ({device})"
+        return line
+
+    def save(self, run_dir: Path) -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / PLAN_FILE).write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, run_dir: Path | None) -> TrainingPlan | None:
+        if run_dir is None or not (run_dir / PLAN_FILE).exists():
+            return None
+        try:
+            return cls(**json.loads((run_dir / PLAN_FILE).read_text()))
+        except (ValueError, TypeError):
+            return None
+
+
+def plan_training(
+    *,
+    tokens_per_step: int,
+    steps_per_epoch: float,
+    seconds_per_step: float | None,
+    steps: int | None = None,
+    train_tokens: int | None = None,
+    time_budget: float | None = None,
+    max_epochs: float = 20.0,
+    default_seconds: float = 600.0,
+) -> TrainingPlan:
+    """The number of steps, and why. Explicit steps or tokens fix the length (a time budget may still cap it);
+    otherwise `max_epochs` of the data, capped by the time budget or the default time cap."""
+    if tokens_per_step <= 0 or steps_per_epoch <= 0:
+        raise ValueError("tokens_per_step and steps_per_epoch must be positive")
+    if steps:
+        count, reason = steps, "steps"
+    elif train_tokens:
+        count, reason = max(1, math.ceil(train_tokens / tokens_per_step)), "train_tokens"
+    else:
+        count, reason = max(1, math.ceil(max_epochs * steps_per_epoch)), "max_epochs"
+    fixed = reason != "max_epochs"
+    limit = time_budget if time_budget else (None if fixed else default_seconds)
+    if limit and seconds_per_step:
+        affordable = max(1, math.floor(limit / seconds_per_step))
+        if affordable < count:
+            count, reason = affordable, ("time_budget" if time_budget else "default_time")
+    # a measured estimate can be off: the hard stop sits a little past the budget the plan was sized for
+    time_limit = limit * 1.2 if limit else None
+    return TrainingPlan(count, tokens_per_step, steps_per_epoch, seconds_per_step, reason, time_limit)
+
+
+def auto_eval_every(steps: int, evaluations: int = 20, minimum: int = 5) -> int:
+    """About `evaluations` held-out evaluations per run, never more often than every `minimum` steps."""
+    return max(minimum, math.ceil(steps / evaluations))
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{int(n)}"
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -20,7 +20,7 @@ from typing import Any
 from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.distributed import is_main_process
 from compressor.errors import GateError, UserError
-from compressor.evaluate import compare
+from compressor.evaluate import add_general_text, compare
 from compressor.fs import (
     atomic_directory,
     check_disjoint,
@@ -31,9 +31,20 @@ from compressor.fs import (
     write_atomically,
 )
 from compressor.ir import ModelIR
+from compressor.kd.budget import parse_duration, parse_tokens
+from compressor.kd.classifier import label_ids
 from compressor.kd.train import resolve_device
-from compressor.pipeline import PassCache, run_pipeline
-from compressor.recipe import Recipe, build_passes, default_passes, load_recipe, parse_assignments, parse_recipe
+from compressor.pipeline import STDERR, PassCache, run_pipeline
+from compressor.recipe import (
+    TRAINING_PASSES,
+    Recipe,
+    apply_training_budget,
+    build_passes,
+    default_passes,
+    load_recipe,
+    parse_assignments,
+    parse_recipe,
+)
 from compressor.report import bench_section, build_report, markdown, model_card, plot_bench, write_report
 from passes import get_pass
 from passes.base import Budget, PassContext, load_tokenizer
@@ -118,16 +129,20 @@ class ModelRequest:
     data: str | None = None
     eval_data: str | None = None
     sts: str | None = None
+    text_column: str | None = None
     recipe: str | None = None
     out: str | None = None
     overwrite: bool = False
     steps: int | None = None
+    train_tokens: str | None = None
+    time_budget: str | None = None
     seed: int | None = None
     device: str | None = None
     cache_dir: str | None = None
     use_cache: bool = True
     trust_remote_code: bool = False
     show_progress: bool = True
+    bench: bool = True
 
 
 def check_corpus(corpus, task: str, tokenizer) -> None:
@@ -161,9 +176,10 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.budget is not None:
         if not 0 < request.budget <= 1:
             raise UserError(f"--budget {request.budget}: must be a ratio of the teacher's layers in (0, 1]")
-        raw["budget"] = {"layers": request.budget}
+        raw["budget"] = {**(raw.get("budget") or {}), "layers": request.budget, "params": None}
     data = dict(raw.get("data") or {})
-    for key, value in (("train", request.data), ("eval", request.eval_data), ("sts", request.sts)):
+    given = (("train", request.data), ("eval", request.eval_data), ("sts", request.sts))
+    for key, value in (*given, ("text_column", request.text_column)):
         if value:
             data[key] = value
     raw["data"] = data
@@ -173,11 +189,18 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
         raw["device"] = request.device
     if not raw.get("passes"):
         raw["passes"] = default_passes(teacher_model_type(raw.get("teacher")), bool(raw.get("budget")))
+    if request.train_tokens is not None:
+        raw["budget"] = {**(raw.get("budget") or {}), "train_tokens": parse_tokens(request.train_tokens)}
+    if request.time_budget is not None:
+        raw["budget"] = {**(raw.get("budget") or {}), "time": parse_duration(request.time_budget)}
     if request.steps is not None:
         for entry in raw["passes"]:
-            if "distill" in entry:
-                entry["distill"] = {**(entry["distill"] or {}), "steps": request.steps}
-    return parse_recipe(raw, source)
+            for name in TRAINING_PASSES:
+                if name in entry:
+                    entry[name] = {**(entry[name] or {}), "steps": request.steps}
+    recipe = parse_recipe(raw, source)
+    apply_training_budget(recipe.passes, recipe.budget.train_tokens, recipe.budget.time)
+    return recipe
 
 
 def compress_model(request: ModelRequest) -> dict:
@@ -206,7 +229,7 @@ def compress_model(request: ModelRequest) -> dict:
         step.check(teacher)
     device = resolve_device(recipe.device)
     tokenizer = load_tokenizer(teacher.source)
-    corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval)
+    corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval, text_column=recipe.data.text_column)
     check_corpus(corpus, teacher.task, tokenizer)
     sts_rows = read_sts(recipe.data.sts) if recipe.data.sts else None
     check_teacher(teacher, teacher_path)
@@ -231,14 +254,21 @@ def compress_model(request: ModelRequest) -> dict:
             tmp / "student",
             extra={"teacher": str(real(teacher_path)), "target": target.name, "recipe": recipe.model_dump(mode="json")},
         )
+        teacher_model, student_model = ctx.teacher_model.cpu().float(), student.materialize("cpu")
+        eval_labels = label_ids(corpus.eval_labels, teacher.config, corpus.eval_name) if teacher.is_classifier else None
         quality = compare(
-            ctx.teacher_model.cpu().float(),
-            student.materialize("cpu"),
+            teacher_model,
+            student_model,
             ctx.tokenizer,
             teacher.task,
             corpus.eval,
             sts_rows,
+            classifier=teacher.is_classifier,
+            eval_labels=eval_labels,
         )
+        if teacher.task == "causal-lm" and corpus.name != BUILTIN:
+            add_general_text(quality, teacher_model, student_model, ctx.tokenizer, load_corpus(BUILTIN).eval)
+        ctx.teacher_model.to(device)
         gates = check_gates(recipe, quality)
         report = build_report(
             teacher.summary(),
@@ -257,8 +287,9 @@ def compress_model(request: ModelRequest) -> dict:
             "eval_documents": len(corpus.eval),
             "sts": recipe.data.sts,
         }
+        report["speed"] = run_speed(report, tmp / "onnx", target, student, ctx, request.bench)
         if any(p["name"] == "moe_to_dense" for p in report["passes"]):
-            report["student_onnx_speed"] = student_onnx_speed(report, tmp / "onnx", target, student)
+            report["student_onnx_speed"] = moe_student_speed(report["speed"])
         write_report(report, tmp, records)
         write_model_cards(report, tmp, recipe)
     if gates and not gates["passed"]:
@@ -269,13 +300,37 @@ def compress_model(request: ModelRequest) -> dict:
     return report
 
 
-def student_onnx_speed(report: dict, onnx_dir: Path, target, student: ModelIR) -> dict:
-    """The shipped ONNX student's speed on the target, for the MoE → dense report beside the PyTorch figures."""
+def run_speed(report: dict, onnx_dir: Path, target, student: ModelIR, ctx: PassContext, enabled: bool) -> dict:
+    """Teacher PyTorch vs the shipped ONNX student on the target, for the report's first table (issue 13 §4)."""
+    if not enabled:
+        return {"measured": False, "reason": "skipped (--no-bench)"}
     deploy = onnx_dir / ((report.get("deployment") or {}).get("deploy_file") or "model.onnx")
     if not (report.get("onnx") or {}).get("passed") or not deploy.exists():
         return {"measured": False, "reason": "no validated ONNX student"}
-    figures = target.measure(deploy, student.task == "causal-lm", int(student.config.vocab_size), runs=10)
-    return {"file": deploy.name, "seq": target.latency_seq, "throughput_batch": target.throughput_batch, **figures}
+    from compressor.run_speed import measure_run_speed
+
+    STDERR.print("[bold]speed[/]: teacher (PyTorch) vs student (ONNX) on this machine")
+    return measure_run_speed(
+        ctx.teacher_model,
+        deploy,
+        target,
+        student.task == "causal-lm",
+        int(student.config.vocab_size),
+        report["ratios"]["flops_per_token"],
+    )
+
+
+def moe_student_speed(speed: dict) -> dict:
+    """The MoE section's line about the shipped student's ONNX speed, from the run's speed measurement."""
+    if not speed.get("measured"):
+        return {"measured": False, "reason": speed.get("reason")}
+    student = speed["student"]
+    return {
+        "file": speed["student_file"],
+        "seq": speed["seq"],
+        "throughput_batch": speed["throughput_batch"],
+        **student,
+    }
 
 
 def write_model_cards(report: dict, out: Path, recipe: Recipe) -> None:

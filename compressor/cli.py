@@ -35,10 +35,19 @@ def model(
     data: Annotated[str | None, typer.Option(help="training text; default: built-in English corpus")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out text; default: 10% of --data")] = None,
     sts: Annotated[str | None, typer.Option(help="STS-B-style TSV for encoder Spearman")] = None,
+    text_column: Annotated[
+        str | None, typer.Option("--text-column", help="column or field holding the text (.csv/.tsv/.jsonl, datasets)")
+    ] = None,
     recipe: Annotated[str | None, typer.Option(help="recipe YAML/JSON; flags override its keys")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="output directory")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     steps: Annotated[int | None, typer.Option(help="distillation steps (overrides the recipe)")] = None,
+    train_tokens: Annotated[
+        str | None, typer.Option("--train-tokens", help="training budget in tokens: 2000000, 500k, 12.3M")
+    ] = None,
+    time_budget: Annotated[
+        str | None, typer.Option("--time-budget", help="training time budget: 90s, 30m, 1.5h")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="random seed")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda[:N]")] = None,
     cache_dir: Annotated[
@@ -47,6 +56,9 @@ def model(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the pass cache")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="allow the teacher's own Python code to run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    no_bench: Annotated[
+        bool, typer.Option("--no-bench", help="skip the quick teacher-vs-student speed measurement")
+    ] = False,
 ) -> None:
     """Compress TEACHER into a student for a target: OUT/{student, onnx, report.json, REPORT.md}."""
     from compressor.api import ModelRequest, compress_model
@@ -59,16 +71,20 @@ def model(
             data=data,
             eval_data=eval_data,
             sts=sts,
+            text_column=text_column,
             recipe=recipe,
             out=out,
             overwrite=overwrite,
             steps=steps,
+            train_tokens=train_tokens,
+            time_budget=time_budget,
             seed=seed,
             device=device,
             cache_dir=cache_dir,
             use_cache=not no_cache,
             trust_remote_code=trust_remote_code,
             show_progress=not quiet,
+            bench=not no_bench,
         )
     )
     summarize(report)
@@ -85,6 +101,17 @@ def summarize(report: dict) -> None:
         f"FLOPs/token ratio {report['ratios']['flops_per_token']}"
     )
     console.print(f"quality: teacher {q['teacher']} student {q['student']} retention {q['retention']}")
+    speed = report.get("speed") or {}
+    if speed.get("measured"):
+        up, t, s = speed["speedup"], speed["teacher"], speed["student"]
+        console.print(
+            f"speed ({speed['target']}, this machine): {up['latency']}x faster at batch 1 "
+            f"({t['latency']['p50_ms']} -> {s['latency']['p50_ms']} ms), {up['throughput']}x throughput"
+            + (f", {up['per_token']}x per token" if "per_token" in up else "")
+            + f"; FLOPs alone predict {speed['flops_speedup']}x"
+        )
+    elif speed:
+        console.print(f"speed: not measured ({speed.get('reason')})")
     if report.get("onnx"):
         console.print(
             f"onnx: validation {'passed' if report['onnx']['passed'] else 'FAILED'}, "

@@ -25,20 +25,41 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 @dataclass(frozen=True)
 class Corpus:
-    """Documents split deterministically into train and held-out eval parts, with a content fingerprint."""
+    """Documents split deterministically into train, validation and held-out eval parts, with a fingerprint.
+
+    `eval` is what the report measures; `valid` (a share of the training data) is what training watches for
+    early stopping and the best checkpoint, so the reported figures never come from the data that chose them.
+    Labels, where the data has a label column, run parallel to the texts.
+    """
 
     name: str
     train: tuple[str, ...]
     eval: tuple[str, ...]
     fingerprint: str
     eval_source: str | None = None  # the --eval-data file, when the held-out text is not a share of `name`
+    valid: tuple[str, ...] = ()
+    train_labels: tuple | None = None
+    valid_labels: tuple | None = None
+    eval_labels: tuple | None = None
 
     @property
     def eval_name(self) -> str:
         return self.eval_source or f"{self.name} (held-out share)"
 
+    @property
+    def validation(self) -> tuple[str, ...]:
+        """The texts training may watch: the validation share, else (hand-built corpora) the eval part."""
+        return self.valid or self.eval
 
-MAX_MISSING_SHARE = 0.05  # .jsonl lines without the text field: skipped (and said) up to this share, refused above
+    @property
+    def validation_labels(self) -> tuple | None:
+        return self.valid_labels if self.valid else self.eval_labels
+
+    @property
+    def valid_name(self) -> str:
+        return f"{self.name} (validation share)" if self.valid else self.eval_name
+
+
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
@@ -69,52 +90,18 @@ def check_is_text(path: Path, text: str, what: str) -> None:
         raise UserError(f"{path}: {what} is not text ({letters} letters in {visible} characters)")
 
 
-def read_documents(path: str | Path) -> list[str]:
-    """Documents of a text file: blank-line separated blocks when the file has them, else one per line (plain
-    text); one per line in .jsonl (the `text` field) and .tsv/.csv (the longest column)."""
+def read_documents(path: str | Path, text_column: str | None = None) -> list[str]:
+    """Documents of a data source (compressor.data_sources): plain text (blank-line separated blocks when the
+    file has them, else one per line), .jsonl / .csv / .tsv (a named or usual text column), a folder of text
+    files, a dataset saved with `save_to_disk`, or a parquet / arrow file."""
+    from compressor.data_sources import read_records
+
     path = Path(path)
-    text = read_text_file(path, "data file")
-    if path.suffix == ".jsonl":
-        docs = jsonl_texts(path, text)
-    elif path.suffix in (".tsv", ".csv"):
-        docs = [max(line.split("\t"), key=len) for line in text.splitlines() if line.strip()]
-    else:
-        blocks = [block.strip() for block in re.split(r"\n\s*\n", text)]
-        blocks = [block for block in blocks if block]
-        # a file of one sentence (or record) per line, with no blank lines, is one document per line
-        docs = blocks if len(blocks) > 1 else text.splitlines()
-    docs = [d for d in (d.strip() for d in docs) if d]
+    if not path.exists():
+        raise UserError(f"{path}: data file not found")
+    docs = [d for d in (d.strip() for d in read_records(path, text_column).texts) if d]
     if not docs:
         raise UserError(f"{path}: data file is empty (no text found)")
-    return docs
-
-
-def jsonl_texts(path: Path, text: str, field: str = "text") -> list[str]:
-    import json
-
-    docs, missing, total = [], 0, 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        total += 1
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise UserError(f"{path}:{number}: not valid JSON") from None
-        value = record.get(field) if isinstance(record, dict) else record
-        if isinstance(value, str) and value.strip():
-            docs.append(value)
-        else:
-            missing += 1
-    if missing and missing > MAX_MISSING_SHARE * total:
-        raise UserError(
-            f"{path}: {missing} of {total} lines have no {field!r} string field (more than "
-            f"{MAX_MISSING_SHARE:.0%}); fix the file or name the right field"
-        )
-    if missing:
-        import sys
-
-        print(f"compress: note: {path}: skipped {missing} of {total} lines without a {field!r} field", file=sys.stderr)
     return docs
 
 
@@ -168,23 +155,65 @@ def split_holdout(docs: Sequence[str], eval_fraction: float = 0.1, name: str = "
     return list(docs[:cut]), list(docs[cut:])
 
 
-def load_corpus(train: str | None, eval_path: str | None = None, eval_fraction: float = 0.1) -> Corpus:
-    """The corpus a run trains and evaluates on: a file (with held-out part) or the built-in one."""
+def read_labelled(path: str | Path, text_column: str | None = None) -> tuple[list[str], list | None]:
+    """Texts and (when the source has a label column) their labels, empty texts dropped."""
+    from compressor.data_sources import read_records
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: data file not found")
+    records = read_records(path, text_column)
+    kept = [i for i, text in enumerate(records.texts) if text.strip()]
+    if not kept:
+        raise UserError(f"{path}: data file is empty (no text found)")
+    labels = [records.labels[i] for i in kept] if records.labels is not None else None
+    return [records.texts[i].strip() for i in kept], labels
+
+
+def load_corpus(
+    train: str | None,
+    eval_path: str | None = None,
+    eval_fraction: float = 0.1,
+    text_column: str | None = None,
+    valid_fraction: float = 0.05,
+) -> Corpus:
+    """The corpus a run trains, validates and evaluates on: a file (with held-out parts) or the built-in one.
+
+    Tail splits (see `split_holdout`): eval is the last `eval_fraction` (unless --eval-data is given), the
+    validation share the `valid_fraction` of the documents just before it.
+    """
     if train in (None, BUILTIN):
-        docs = list(builtin_documents())
-        name = BUILTIN
+        docs, labels, name = list(builtin_documents()), None, BUILTIN
     else:
-        docs = read_documents(train)
-        name = str(train)
+        (docs, labels), name = read_labelled(train, text_column), str(train)
     if eval_path:
-        train_docs, eval_docs = docs, read_documents(eval_path)
+        rest, rest_labels = docs, labels
+        eval_docs, eval_labels = read_labelled(eval_path, text_column)
     else:
-        train_docs, eval_docs = split_holdout(docs, eval_fraction, name)
+        rest, eval_docs = split_holdout(docs, eval_fraction, name)
+        rest_labels = labels[: len(rest)] if labels is not None else None
+        eval_labels = labels[len(rest) :] if labels is not None else None
+    n_valid = round(len(docs) * valid_fraction) if len(rest) >= 40 else 0  # tiny data: watch the eval part
+    cut = len(rest) - n_valid
+    train_docs, valid_docs = rest[:cut], rest[cut:]
+    parts = [train_docs, valid_docs, eval_docs, rest_labels or [], eval_labels or []]
     digest = hashlib.sha256()
-    for doc in (*train_docs, "\x00", *eval_docs):
-        digest.update(doc.encode())
-        digest.update(b"\x01")
-    return Corpus(name, tuple(train_docs), tuple(eval_docs), digest.hexdigest(), str(eval_path) if eval_path else None)
+    for part in parts:
+        for item in part:
+            digest.update(str(item).encode())
+            digest.update(b"\x01")
+        digest.update(b"\x00")
+    return Corpus(
+        name,
+        tuple(train_docs),
+        tuple(eval_docs),
+        digest.hexdigest(),
+        str(eval_path) if eval_path else None,
+        tuple(valid_docs),
+        tuple(rest_labels[:cut]) if rest_labels is not None else None,
+        tuple(rest_labels[cut:]) if rest_labels is not None else None,
+        tuple(eval_labels) if eval_labels is not None else None,
+    )
 
 
 def sentences(docs: Sequence[str], min_words: int = 4, max_words: int = 48) -> list[str]:

@@ -110,6 +110,9 @@ def compare(
     seq_len: int = 128,
     max_blocks: int = 64,
     max_sentences: int = 512,
+    classifier: bool = False,
+    eval_labels: Sequence[int] | None = None,
+    max_texts: int = 8192,
 ) -> dict:
     """Teacher vs student on held-out data: the quality section of the report."""
     from compressor.data import lm_blocks, sentences
@@ -128,6 +131,8 @@ def compare(
             # retention in NLL terms: teacher NLL / student NLL (1.0 = as good as the teacher)
             "retention": round(math.log(teacher_ppl) / math.log(student_ppl), 4) if student_ppl > 1 else 1.0,
         }
+    if classifier:
+        return classifier_quality(teacher, student, tokenizer, list(eval_docs)[:max_texts], eval_labels, seq_len)
     texts = (sentences(eval_docs) or list(eval_docs))[:max_sentences]
     result = {
         "metric": "embedding_cosine",
@@ -145,4 +150,39 @@ def compare(
         result["student"]["sts_spearman"] = round(student_rho, 4)
         result["metric"] = "sts_spearman"
         result["retention"] = round(student_rho / teacher_rho, 4) if teacher_rho > 0 else 0.0
+    return result
+
+
+def add_general_text(quality: dict, teacher, student, tokenizer, docs: Sequence[str], max_blocks: int = 32) -> dict:
+    """Perplexity of teacher and student on general English (the built-in corpus), beside the user's held-out:
+    a student distilled on one domain can keep its retention there and lose the rest (issue 13 §5)."""
+    from compressor.data import lm_blocks
+
+    blocks = lm_blocks(tokenizer, docs, 128, max_blocks=max_blocks, name="built-in corpus")
+    teacher_ppl, student_ppl = perplexity(teacher, blocks), perplexity(student, blocks)
+    quality["teacher"]["perplexity_general_english"] = round(teacher_ppl, 4)
+    quality["student"]["perplexity_general_english"] = round(student_ppl, 4)
+    quality["general_english"] = {
+        "source": "built-in corpus (English prose from the Python standard library's docstrings), held-out part",
+        "eval_tokens": int(blocks.numel()),
+        "student_over_teacher": round(student_ppl / teacher_ppl, 4),
+    }
+    return quality
+
+
+def classifier_quality(teacher, student, tokenizer, texts, labels, seq_len: int = 128) -> dict:
+    """A classifier's quality: accuracy of teacher and student on labelled held-out texts (retention = their
+    ratio), and the student's agreement with the teacher's predictions (the retention when there are no labels)."""
+    from compressor.kd.classifier import classifier_scores
+
+    labels = list(labels)[: len(texts)] if labels is not None else None
+    scores = classifier_scores(student, teacher, tokenizer, texts, labels, seq_len)
+    result = {"metric": "agreement", "eval_texts": len(texts), "teacher": {}, "student": {}}
+    result["student"]["agreement"] = round(scores["agreement"], 4)
+    result["retention"] = result["student"]["agreement"]
+    if "accuracy" in scores:
+        result["metric"] = "accuracy"
+        result["teacher"]["accuracy"] = round(scores["teacher_accuracy"], 4)
+        result["student"]["accuracy"] = round(scores["accuracy"], 4)
+        result["retention"] = round(scores["accuracy"] / max(scores["teacher_accuracy"], 1e-9), 4)
     return result

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compressor.errors import UserError
+from compressor.kd.budget import parse_duration, parse_tokens
 from passes import get_pass
 from passes.base import Budget, Pass
 
@@ -25,11 +26,30 @@ class DataSpec(Strict):
     train: str | None = Field(default=None, description="training text (blank-line separated, .jsonl, or .tsv)")
     eval: str | None = Field(default=None, description="held-out text; default: 10% of train held out")
     sts: str | None = Field(default=None, description="STS-B-style TSV for encoder Spearman")
+    text_column: str | None = Field(default=None, description="column or field holding the text (tables, datasets)")
 
 
 class BudgetSpec(Strict):
     layers: float | None = Field(default=None, gt=0, le=1)
     params: float | None = Field(default=None, gt=0, le=1)
+    train_tokens: int | str | None = Field(default=None, description="training tokens: 2000000, 500k, 12.3M")
+    time: float | str | None = Field(default=None, description="training time: seconds, or 90s, 30m, 1.5h")
+
+    @field_validator("train_tokens")
+    @classmethod
+    def tokens(cls, value):
+        try:
+            return None if value is None else parse_tokens(value, "budget.train_tokens")
+        except UserError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+    @field_validator("time")
+    @classmethod
+    def duration(cls, value):
+        try:
+            return None if value is None else parse_duration(value, "budget.time")
+        except UserError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
     @model_validator(mode="after")
     def one_kind(self) -> BudgetSpec:
@@ -79,6 +99,23 @@ def first_error(exc: ValidationError, prefix: str = "") -> str:
     where = location(error["loc"])
     where = f"{prefix}.{where}" if prefix and where else (prefix or where)
     return f"{where}: {describe(error)}"
+
+
+TRAINING_PASSES = ("distill", "lora_kd")  # the passes a training budget (tokens, time) applies to
+
+
+def apply_training_budget(passes: list[dict], train_tokens: int | None, seconds: float | None) -> None:
+    """Copy the recipe's training budget into every training pass that does not set its own (so it is part of
+    that pass's config and of its cache key)."""
+    for entry in passes:
+        for name in TRAINING_PASSES:
+            if name in entry:
+                config = dict(entry[name] or {})
+                if train_tokens is not None:
+                    config.setdefault("train_tokens", train_tokens)
+                if seconds is not None:
+                    config.setdefault("time_budget", seconds)
+                entry[name] = config
 
 
 def build_passes(entries: list[dict[str, dict[str, Any] | None]], source: str) -> list[Pass]:

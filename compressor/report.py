@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import compressor
+from compressor.run_speed import speed_note, speed_rows
 
 PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "accelerate", "peft")
 VALIDATION_FIGURES = (
@@ -165,6 +166,8 @@ def markdown(report: dict, plots: list[str]) -> str:
         f"| FLOPs/token (context {t['context']}) | {human(t['flops_per_token'])} | {human(s['flops_per_token'])} "
         f"| {r['flops_per_token']} |",
         f"| layers | {t['layers']} | {s['layers']} | {r['layers']} |",
+        *speed_rows(report.get("speed")),
+        *speed_note(report.get("speed")),
         "",
         "## What was lost",
         "",
@@ -175,6 +178,13 @@ def markdown(report: dict, plots: list[str]) -> str:
     for key in sorted(set(q["teacher"]) | set(q["student"])):
         lines.append(f"| {key} | {q['teacher'].get(key, '—')} | {q['student'].get(key, '—')} |")
     lines += ["", f"Quality retention ({q['metric']}): **{q['retention']}**", ""]
+    if q.get("general_english"):
+        general = q["general_english"]
+        lines += [
+            f"Outside your data: on general English ({general['source']}, {general['eval_tokens']} tokens) the "
+            f"student's perplexity is **{general['student_over_teacher']}×** the teacher's.",
+            "",
+        ]
     lines += moe_section(report)
     lines += onnx_section(report)
     lines += bench_section(report.get("bench"))

@@ -24,6 +24,7 @@ from compressor.evaluate import embedding_cosine, perplexity
 from compressor.fs import check_replaceable
 from compressor.ir import ModelIR
 from compressor.kd.budget import TrainingPlan, auto_eval_every, plan_training
+from compressor.kd.classifier import NO_LABEL, classifier_kd_loss, classifier_scores, label_ids, mapped_hidden_loss
 from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
     CaptureQKV,
@@ -130,7 +131,13 @@ class DistillConfig(PassConfig):
     eval_every: int | None = Field(
         default=None, ge=0, description="steps between held-out evaluations (default: about 20 per run; 0: none)"
     )
-    eval_blocks: int = Field(default=16, ge=1, description="held-out blocks (LM) or sentences/8 (encoder)")
+    eval_blocks: int | None = Field(
+        default=None, ge=1, description="held-out blocks (LM) or sentences/8 (encoder); default: 8–64, ~5% of compute"
+    )
+    classifier_temperature: float = Field(default=2.0, gt=0, description="classifiers: τ of the class-logit KL")
+    classifier_hidden_weight: float = Field(
+        default=1.0, ge=0, description="classifiers: hidden-state MSE on mapped layers (TinyBERT style)"
+    )
     cosine_weight: float = Field(default=1.0, ge=0)
     mse_weight: float = Field(default=1.0, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
@@ -168,7 +175,7 @@ class Distill(Pass):
             checkpoint_every=cfg.checkpoint_every or None,
             mixed_precision=cfg.mixed_precision,
             seed=ctx.seed,
-            monitor_mode="min" if ir.task == "causal-lm" else "max",
+            monitor_mode="min" if ir.task == "causal-lm" else "max",  # perplexity; cosine, accuracy, agreement
             patience=cfg.patience,
         )
         # One process here; under `accelerate launch` each process trains on its shard of every global batch.
@@ -195,11 +202,16 @@ class Distill(Pass):
         state = StateGroup(objective=objective, replay=self.replay) if objective is not None else None
         if ir.task == "causal-lm":
             data, loss_fn, evaluate = self.lm_setup(ctx, teacher, objective, shard)
+        elif ir.is_classifier:
+            data, loss_fn, evaluate = self.classifier_setup(ctx, teacher, shard)
         else:
             data, loss_fn, evaluate = self.encoder_setup(ctx, teacher, shard)
         plan = self.plan(ctx, student, data, loss_fn, accelerator, state)
         self.total_steps = plan.steps
         eval_every = auto_eval_every(plan.steps) if cfg.eval_every is None else cfg.eval_every
+        # held-out blocks per evaluation: a forward pass costs about a third of a training step, so 15% of the
+        # blocks trained between two evaluations keeps evaluation near 5% of the run
+        self.eval_count = cfg.eval_blocks or min(64, max(8, math.ceil(0.15 * eval_every * cfg.batch_size)))
         config = dataclasses.replace(
             config, steps=plan.steps, eval_every=eval_every or None, time_limit=plan.time_limit
         )
@@ -225,6 +237,7 @@ class Distill(Pass):
                 "best_heldout": result.best.value,
                 "restored_best": result.restored_best,
                 "eval_every": eval_every,
+                "eval_blocks": self.eval_count,
             }
         )
         stride = max(1, len(result.losses) // 200)
@@ -287,6 +300,7 @@ class Distill(Pass):
         )
 
     routing_seed: int = 0
+    eval_count: int = 16  # held-out blocks per evaluation, set with the plan
     total_steps: int = 1000  # the planned length (schedules of TAID, the replay scheduler); set before training
 
     def plan(self, ctx: PassContext, student, data, loss_fn, accelerator, state) -> TrainingPlan:
@@ -322,13 +336,12 @@ class Distill(Pass):
     def lm_setup(self, ctx: PassContext, teacher, objective: LMObjective, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
-        if cfg.steps or cfg.train_tokens:
-            needed = (cfg.steps or 0) * cfg.batch_size * cfg.grad_accumulation or -(-cfg.train_tokens // cfg.seq_len)
-        else:
-            needed = MAX_BLOCKS  # the data, up to a cap: the plan counts epochs of what was read
+        # the whole data up to a cap (a plan counts epochs of what was read); more when the steps asked need it
+        needed = max(MAX_BLOCKS, (cfg.steps or 0) * cfg.batch_size * cfg.grad_accumulation)
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=needed, name=corpus.name)
         if cfg.data_source != "data":
-            generated = self.teacher_generated(ctx, teacher, blocks, min(needed, len(blocks)))
+            wanted = (cfg.steps or 0) * cfg.batch_size * cfg.grad_accumulation or len(blocks)
+            generated = self.teacher_generated(ctx, teacher, blocks, wanted)
             blocks = generated if cfg.data_source == "teacher" else torch.cat([blocks, generated])
         data = IndexedBatches(
             len(blocks),
@@ -395,13 +408,13 @@ class Distill(Pass):
             return loss, parts
 
         held = (
-            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks, name=corpus.eval_name)
+            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks or 64, name=corpus.eval_name)
             if cfg.eval_every != 0
             else None
         )
 
         def evaluate(model):
-            value = perplexity(model, held.to(next(model.parameters()).device))
+            value = perplexity(model, held[: self.eval_count].to(next(model.parameters()).device))
             if replay is not None:
                 replay.after_validation(math.log(value))
                 return {"perplexity": value, "replay_phi": replay.phi}
@@ -492,6 +505,49 @@ class Distill(Pass):
             cfg.loss, cfg.alpha, cfg.temperature, cfg.skew_alpha, cfg.jsd_beta, cfg.chunk_size, taid, dts
         )
 
+    def classifier_setup(self, ctx: PassContext, teacher, shard: tuple[int, int] = (0, 1)):
+        """Task students: KD on class logits + CE on gold (or teacher) labels + mapped hidden states."""
+        cfg: DistillConfig = self.config
+        corpus = ctx.require_corpus(self.name)
+        texts = list(corpus.train)
+        config = teacher.config
+        gold = label_ids(corpus.train_labels, config, corpus.name) or [NO_LABEL] * len(texts)
+        if len(texts) < cfg.batch_size:
+            raise UserError(f"{corpus.name}: only {len(texts)} training texts, fewer than batch_size {cfg.batch_size}")
+        tokenizer, pairs = ctx.tokenizer, self.pairs
+
+        def batch(index):
+            encoded = encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len)
+            return {**encoded, "labels": torch.tensor([gold[i] for i in index])}
+
+        data = IndexedBatches(len(texts), cfg.batch_size, ctx.seed, batch, *shard)
+        watched = list(corpus.validation)[: (cfg.eval_blocks or 64) * 8] if cfg.eval_every != 0 else None
+        watched_labels = label_ids(corpus.validation_labels, config, corpus.valid_name)
+
+        def evaluate(model):
+            count = self.eval_count * 8
+            labels = watched_labels[:count] if watched_labels else None
+            return classifier_scores(model, teacher, tokenizer, watched[:count], labels, cfg.seq_len)
+
+        def loss_fn(model, batch, step):
+            labels = batch.pop("labels")
+            hidden = cfg.classifier_hidden_weight > 0
+            with torch.no_grad():
+                teacher_out = teacher(**batch, output_hidden_states=hidden)
+            out = model(**batch, output_hidden_states=hidden)
+            loss, parts = classifier_kd_loss(
+                out.logits, teacher_out.logits, labels, cfg.alpha, cfg.classifier_temperature
+            )
+            if hidden:
+                transfer = mapped_hidden_loss(
+                    out.hidden_states, teacher_out.hidden_states, pairs, batch["attention_mask"]
+                )
+                loss = loss + cfg.classifier_hidden_weight * transfer
+                parts = {**parts, "hidden": float(transfer.detach())}
+            return loss, parts
+
+        return data, loss_fn, evaluate if watched else None
+
     def encoder_setup(self, ctx: PassContext, teacher, shard: tuple[int, int] = (0, 1)):
         cfg: DistillConfig = self.config
         corpus = ctx.require_corpus(self.name)
@@ -508,10 +564,12 @@ class Distill(Pass):
             lambda index: encode_sentences(tokenizer, [texts[i] for i in index], cfg.seq_len),
             *shard,
         )
-        held = (sentences(corpus.eval) or list(corpus.eval))[: cfg.eval_blocks * 8] if cfg.eval_every != 0 else None
+        watched = sentences(corpus.validation) or list(corpus.validation)
+        held = watched[: (cfg.eval_blocks or 64) * 8] if cfg.eval_every != 0 else None
 
         def evaluate(model):
-            return {"embedding_cosine": embedding_cosine(model, teacher, tokenizer, held, cfg.seq_len)}
+            texts = held[: self.eval_count * 8]
+            return {"embedding_cosine": embedding_cosine(model, teacher, tokenizer, texts, cfg.seq_len)}
 
         def loss_fn(model, batch, step):
             with torch.no_grad():

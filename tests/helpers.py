@@ -113,3 +113,19 @@ def pass_context(teacher, tmp_path, target="cpu", corpus_file: str = "tinystorie
         artifacts=artifacts,
         show_progress=False,
     )
+
+
+def make_tiny_classifier(path: Path, seed: int = 0) -> Path:
+    """A tiny random BertForSequenceClassification (2 classes) with MiniLM's tokenizer."""
+    from transformers import AutoConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(
+        "bert", **CONFIGS["bert"], num_labels=2, id2label={0: "negative", 1: "positive"},
+        label2id={"negative": 0, "positive": 1},
+    )  # fmt: skip
+    config.architectures = ["BertForSequenceClassification"]
+    BertForSequenceClassification(config).save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy2(minilm_dir() / name, path / name)
+    return path

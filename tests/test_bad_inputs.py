@@ -602,7 +602,7 @@ def test_missing_data_files(capsys, out, tmp_path, tiny_dirs, flag):
 def test_data_that_is_a_directory(capsys, out, tmp_path, tiny_dirs):
     (tmp_path / "folder").mkdir()
     code, _, err = run(capsys, "model", tiny_dirs["llama"], "--data", tmp_path / "folder", "--out", out)
-    assert_bad_input(code, err, "is a directory")
+    assert_bad_input(code, err, "a folder with no text files", "save_to_disk")
 
 
 def test_malformed_sts_file(capsys, out, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from transformers import AutoModel, AutoModelForCausalLM
 
 from compressor.cli import main
@@ -34,8 +35,17 @@ def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["layers"] == 2 and report["onnx"]["passed"]
     assert report["quality"]["teacher"]["perplexity"] > 1 and report["quality"]["student"]["perplexity"] > 1
+    general = report["quality"]["general_english"]  # the built-in corpus, beside the user's held-out
+    student_general = report["quality"]["student"]["perplexity_general_english"]
+    teacher_general = report["quality"]["teacher"]["perplexity_general_english"]
+    assert general["student_over_teacher"] == pytest.approx(student_general / teacher_general, rel=1e-3)
     assert report["cached_passes"] == []
     assert [p["name"] for p in report["passes"]] == ["inherit", "distill", "export"]
+    speed = report["speed"]  # measured by default: teacher PyTorch vs the shipped ONNX student
+    assert speed["measured"] and speed["student_file"] == report["deployment"]["deploy_file"]
+    assert speed["teacher"]["latency"]["p50_ms"] > 0 and speed["student"]["per_token"]["p50_ms"] > 0
+    assert set(speed["speedup"]) == {"latency", "throughput", "per_token"}
+    assert "| latency p50, batch 1 × 128 (ms) |" in (out / "REPORT.md").read_text().split("## What was lost")[0]
     assert (out / "REPORT.md").read_text().startswith("# Compression report")
     assert (out / "onnx" / "model.onnx").exists()
     AutoModelForCausalLM.from_pretrained(out / "student")
@@ -142,8 +152,14 @@ def test_default_run_compresses_the_packaged_minilm(capsys, tmp_path, monkeypatc
 
 def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
     out = tmp_path / "run"
-    code, _, err = run(capsys, "model", tiny_dirs["bert"], "--budget", "0.67", "--steps", "2", "--out", out, "--quiet")
+    args = ["model", tiny_dirs["bert"], "--budget", "0.67", "--steps", "2", "--out", out, "--quiet", "--no-bench"]
+    code, _, err = run(capsys, *args)
     assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["speed"] == {
+        "measured": False,
+        "reason": "skipped (--no-bench)",
+    }
+    assert "not measured: skipped (--no-bench)" in (out / "REPORT.md").read_text()
     code, printed, err = run(capsys, "bench", tiny_dirs["bert"], out, "--runs", "3", "--quiet")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
@@ -152,3 +168,88 @@ def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
     assert {"teacher_pytorch", "teacher_onnx", "student_onnx_fp32"} <= set(bench["variants"])
     assert bench["variants"]["teacher_onnx"]["speedup"] == 1.0
     assert "## Speed" in (out / "REPORT.md").read_text() and (out / "plots" / "bench.png").exists()
+
+
+def distill_metrics(out):
+    report = json.loads((out / "report.json").read_text())
+    return next(p for p in report["passes"] if p["name"] == "distill")
+
+
+def test_a_token_budget_sets_the_training_length(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys, "model", tiny_dirs["llama"], "--data", DATA / "tinystories_dev.txt", "--train-tokens", "6k",
+        "--out", out, "--quiet", "--no-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "distill: training 6.14k tokens (3 steps of 2,048 tokens" in err and "on this machine" in err
+    distill = distill_metrics(out)
+    plan = distill["metrics"]["plan"]
+    assert distill["config"]["train_tokens"] == 6000 and plan["reason"] == "train_tokens" and plan["steps"] == 3
+    assert distill["metrics"]["tokens"] == 3 * 2048 and distill["metrics"]["steps_done"] == 3
+    assert [e["step"] for e in distill["metrics"]["evaluations"]] == [0, 3]  # held-out at the start and the end
+
+
+def test_a_time_budget_caps_the_training(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("budget: {train_tokens: 50M}\n")  # far more than 2 s allow
+    code, _, err = run(
+        capsys, "model", tiny_dirs["llama"], "--data", DATA / "tinystories_dev.txt", "--recipe", recipe,
+        "--time-budget", "2s", "--out", out, "--quiet", "--no-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    distill = distill_metrics(out)
+    plan = distill["metrics"]["plan"]
+    assert distill["config"]["time_budget"] == 2 and distill["config"]["train_tokens"] == 50_000_000
+    assert plan["reason"] == "time_budget" and plan["estimated_seconds"] <= 2.0 and plan["time_limit"] == 2.4
+    assert distill["metrics"]["steps_done"] <= plan["steps"] < 50_000_000 // 2048
+
+
+def test_minilm_on_a_file_of_one_sentence_per_line(capsys, tmp_path):
+    lines = [row.split("\t")[0] for row in (DATA / "sst2_train.tsv").read_text().splitlines()[1:400]]
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "model", "--data", data, "--steps", "2", "--out", out, "--quiet", "--no-bench")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["train_documents"] + report["data"]["eval_documents"] == len(lines)
+
+
+def test_a_dataset_saved_with_save_to_disk_trains_an_encoder(capsys, tmp_path, tiny_dirs):
+    datasets = pytest.importorskip("datasets")
+    rows = [row.split("\t") for row in (DATA / "sst2_train.tsv").read_text().splitlines()[1:300]]
+    dataset = datasets.Dataset.from_dict({"sentence": [r[0] for r in rows], "label": [int(r[1]) for r in rows]})
+    dataset.save_to_disk(str(tmp_path / "sst2"))
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["bert"], "--data", tmp_path / "sst2", "--steps", "2", "--out", out, "--quiet"]
+    code, _, err = run(capsys, *args, "--no-bench")
+    assert code == 0, err
+    assert json.loads((out / "report.json").read_text())["data"]["train_documents"] == 269
+
+
+def test_a_classifier_distils_on_its_labels_and_reports_accuracy(capsys, tmp_path):
+    from tests.helpers import make_tiny_classifier
+
+    teacher = make_tiny_classifier(tmp_path / "teacher")
+    rows = (DATA / "sst2_train.tsv").read_text().splitlines()
+    (tmp_path / "train.tsv").write_text("\n".join(rows[:801]) + "\n")
+    (tmp_path / "dev.tsv").write_text("\n".join([rows[0], *rows[801:901]]) + "\n")
+    out = tmp_path / "run"
+    code, _, err = run(
+        capsys, "model", teacher, "--budget", "0.67", "--data", tmp_path / "train.tsv", "--eval-data",
+        tmp_path / "dev.tsv", "--steps", "4", "--out", out, "--quiet", "--no-bench",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    quality = report["quality"]
+    assert quality["metric"] == "accuracy" and quality["eval_texts"] == 100
+    assert 0 <= quality["student"]["accuracy"] <= 1 and 0 <= quality["teacher"]["accuracy"] <= 1
+    assert quality["retention"] == pytest.approx(
+        quality["student"]["accuracy"] / quality["teacher"]["accuracy"], abs=1e-3
+    )
+    assert 0 <= quality["student"]["agreement"] <= 1
+    distill = next(p for p in report["passes"] if p["name"] == "distill")["metrics"]
+    assert {"accuracy", "teacher_accuracy", "agreement"} <= set(distill["evaluations"][-1])
+    assert report["onnx"]["task"] == "text-classification"

@@ -125,6 +125,10 @@ class ModelIR:
         return self.adapter.task
 
     @property
+    def is_classifier(self) -> bool:
+        return self.adapter.is_classifier(self.config)
+
+    @property
     def num_layers(self) -> int:
         return self.adapter.num_layers(self.config)
 

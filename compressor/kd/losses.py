@@ -71,4 +71,5 @@ def encoder_kd_loss(
     """Encoder distillation: cosine on mean-pooled embeddings plus MSE on last hidden states (pads excluded)."""
     cosine = cosine_embedding_loss(mean_pool(student_hidden, attention_mask), mean_pool(teacher_hidden, attention_mask))
     mse = hidden_mse(student_hidden, teacher_hidden, attention_mask.bool())
-    return cosine_weight * cosine + mse_weight * mse, {"cosine": float(cosine), "mse": float(mse)}
+    parts = {"cosine": float(cosine.detach()), "mse": float(mse.detach())}
+    return cosine_weight * cosine + mse_weight * mse, parts

@@ -87,6 +87,10 @@ class FamilyAdapter(ABC):
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
 
+    def is_classifier(self, config) -> bool:
+        """Whether the checkpoint is a sequence classifier (distilled on class logits, exported as such)."""
+        return False
+
     # ---- graph --------------------------------------------------------------------------------
     @abstractmethod
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:

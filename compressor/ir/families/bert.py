@@ -30,6 +30,9 @@ class BertAdapter(FamilyAdapter):
                 return cls
         return transformers.BertModel
 
+    def is_classifier(self, config) -> bool:
+        return any(arch.endswith("ForSequenceClassification") for arch in getattr(config, "architectures", None) or [])
+
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:
         names = list(shapes)
         hidden = config.hidden_size

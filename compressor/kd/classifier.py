@@ -1,0 +1,108 @@
+"""Task students (issue 13 §6): a sequence classifier distils on its class logits, not on embeddings.
+
+Loss (ALGORITHMS §7.1 on class logits, §7.9 on hidden states, TinyBERT / DistilBERT practice):
+    α·τ²·KL(p_T^τ ‖ q_S^τ) + (1 − α)·CE(z_S, y) + w_h · mean over mapped layers of MSE(h_S,i, h_T,j)
+where y is the gold label when the data has one, else the teacher's prediction, and the layer map is
+j = round((i+1)·L_T/L_S) − 1 (§7.9; widths are equal after layer dropping, so the projection is the identity).
+Quality is agreement with the teacher's predictions and, on labelled data, accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from compressor.errors import UserError
+from compressor.kd.losses import forward_kl, hidden_mse
+
+NO_LABEL = -1
+
+
+def label_ids(labels: Sequence | None, config, source: str) -> list[int] | None:
+    """Map the data's labels (ints, digit strings, or names from the model's label2id) to class ids."""
+    if labels is None:
+        return None
+    names = {str(k).lower(): int(v) for k, v in (getattr(config, "label2id", None) or {}).items()}
+    count = int(config.num_labels)
+    out = []
+    for label in labels:
+        if label is None or (isinstance(label, str) and not label.strip()):
+            out.append(NO_LABEL)
+            continue
+        text = str(label).strip()
+        if text.lstrip("-").isdigit():
+            value = int(text)
+        elif text.lower() in names:
+            value = names[text.lower()]
+        else:
+            raise UserError(f"{source}: label {label!r} is neither a class id nor one of {sorted(names)}")
+        if not 0 <= value < count:
+            raise UserError(f"{source}: label {value} is outside the model's {count} classes")
+        out.append(value)
+    return out
+
+
+def classifier_kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """α·τ²·KL on the class distributions + (1 − α)·CE on the labels (teacher's argmax where none is given)."""
+    targets = torch.where(labels >= 0, labels, teacher_logits.argmax(-1))
+    kd = forward_kl(student_logits, teacher_logits, None, temperature)
+    ce = F.cross_entropy(student_logits.float(), targets)
+    loss = alpha * kd + (1 - alpha) * ce
+    return loss, {"kd": float(kd.detach()), "ce": float(ce.detach())}
+
+
+def mapped_hidden_loss(
+    student_states: Sequence[torch.Tensor],
+    teacher_states: Sequence[torch.Tensor],
+    pairs: Sequence[tuple[int, int]],
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean MSE between student layer i's output and teacher layer j's (hidden_states[0] is the embeddings)."""
+    losses = [hidden_mse(student_states[i + 1], teacher_states[j + 1], mask.bool()) for i, j in pairs]
+    return torch.stack(losses).mean()
+
+
+@torch.no_grad()
+def predictions(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 32) -> torch.Tensor:
+    """Class ids the model predicts for `texts`."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+        )
+        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def classifier_scores(
+    student, teacher, tokenizer, texts: Sequence[str], labels: Sequence[int] | None, max_len: int = 128
+) -> dict[str, float]:
+    """Agreement with the teacher's predictions; accuracy of both when labels are given (first key: accuracy)."""
+    student_pred, teacher_pred = (
+        predictions(student, tokenizer, texts, max_len),
+        predictions(teacher, tokenizer, texts, max_len),
+    )
+    scores = {"agreement": float((student_pred == teacher_pred).float().mean())}
+    if labels is not None:
+        gold = torch.tensor(labels)
+        known = gold >= 0
+        if bool(known.any()):
+            scores = {
+                "accuracy": float((student_pred[known] == gold[known]).float().mean()),
+                "teacher_accuracy": float((teacher_pred[known] == gold[known]).float().mean()),
+                **scores,
+            }
+    return scores

@@ -1,0 +1,80 @@
+"""The speed figures every `compress model` report carries (issue 13 §4): the teacher as people run it today
+(PyTorch eager) against the student as it ships (the deploy ONNX file on the target), measured on this machine.
+
+A quick measurement (few runs; `compress bench` is the thorough one), beside the FLOPs ratio, so a reader sees
+at once whether the FLOPs saved became time saved. When the target's hardware is absent it says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def measure_run_speed(
+    teacher_model, deploy_file: Path, target, causal: bool, vocab: int, flops_ratio: float, runs: int = 10
+) -> dict:
+    """Teacher PyTorch vs student ONNX: latency (batch 1), throughput, per-token latency (LMs), speedups."""
+    from compressor.onnx_bench import measure_torch
+
+    result: dict = {
+        "target": target.name,
+        "seq": target.latency_seq,
+        "throughput_batch": target.throughput_batch,
+        "runs": runs,
+        "flops_speedup": round(1 / flops_ratio, 3) if flops_ratio else None,
+        "student_file": deploy_file.name,
+    }
+    student = target.measure(deploy_file, causal, vocab, runs=runs)
+    if not student.get("measured"):
+        return {**result, "measured": False, "reason": student.get("reason", "not measured")}
+    device = next(teacher_model.parameters()).device
+    teacher = measure_torch(
+        teacher_model, causal, vocab, target.latency_seq, target.throughput_batch, warmup=2, runs=runs
+    )
+    result.update({"measured": True, "teacher": {"runtime": f"PyTorch eager ({device})", **teacher}})
+    result["student"] = {"runtime": f"ONNX Runtime ({', '.join(student['providers'])})", **student}
+    result["speedup"] = speedups(teacher, student, causal)
+    return result
+
+
+def speedups(teacher: dict, student: dict, causal: bool) -> dict:
+    """Teacher time ÷ student time (latency, per token) and student ÷ teacher throughput: above 1 is faster."""
+    out = {
+        "latency": round(teacher["latency"]["p50_ms"] / student["latency"]["p50_ms"], 3),
+        "throughput": round(student["throughput_seq_per_s"] / teacher["throughput_seq_per_s"], 3),
+    }
+    if causal:
+        out["per_token"] = round(teacher["per_token"]["p50_ms"] / student["per_token"]["p50_ms"], 3)
+    return out
+
+
+def speed_rows(speed: dict | None) -> list[str]:
+    """Rows for the report's first table (teacher | student | ratio), and a line naming the measurement."""
+    if not speed:
+        return []
+    if not speed.get("measured"):
+        return [f"| measured speed | not measured: {speed.get('reason')} | | |"]
+    t, s, up = speed["teacher"], speed["student"], speed["speedup"]
+    rows = [
+        f"| latency p50, batch 1 × {speed['seq']} (ms) | {t['latency']['p50_ms']} | {s['latency']['p50_ms']} "
+        f"| **{up['latency']}× faster** |",
+        f"| throughput, batch {speed['throughput_batch']} (sequences/s) | {t['throughput_seq_per_s']} "
+        f"| {s['throughput_seq_per_s']} | **{up['throughput']}×** |",
+    ]
+    if "per_token" in up:
+        rows.append(
+            f"| per-token latency p50, cache of {speed['seq']} (ms) | {t['per_token']['p50_ms']} "
+            f"| {s['per_token']['p50_ms']} | **{up['per_token']}× faster** |"
+        )
+    return rows
+
+
+def speed_note(speed: dict | None) -> list[str]:
+    if not speed or not speed.get("measured"):
+        return []
+    return [
+        "",
+        f"Speed measured on this machine: teacher in {speed['teacher']['runtime']}, student `{speed['student_file']}` "
+        f"in {speed['student']['runtime']}, {speed['runs']} runs each, target {speed['target']}. The FLOPs ratio "
+        f"alone would predict {speed['flops_speedup']}× (`--no-bench` skips this; `compress bench` measures more).",
+    ]

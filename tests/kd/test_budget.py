@@ -1,0 +1,87 @@
+"""The training plan (issue 13 §1): what decides the length, and the parsers for budgets as users write them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from compressor.errors import UserError
+from compressor.kd.budget import (
+    TrainingPlan,
+    auto_eval_every,
+    parse_duration,
+    parse_tokens,
+    plan_training,
+)
+
+
+@pytest.mark.parametrize(
+    "text,value", [("2000000", 2_000_000), ("500k", 500_000), ("12.3M", 12_300_000), ("1G", 10**9), (64, 64)]
+)
+def test_token_counts_as_users_write_them(text, value):
+    assert parse_tokens(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "many", "-5", "0", "1.5x"])
+def test_bad_token_counts_name_the_flag(text):
+    with pytest.raises(UserError, match="--train-tokens"):
+        parse_tokens(text)
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("1.5h", 5400), ("2min", 120)])
+def test_durations_as_users_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "0m", "-1h", "5d"])
+def test_bad_durations_name_the_flag(text):
+    with pytest.raises(UserError, match="--time-budget"):
+        parse_duration(text)
+
+
+def test_explicit_steps_fix_the_length_and_set_no_hard_stop():
+    plan = plan_training(tokens_per_step=2048, steps_per_epoch=50, seconds_per_step=0.5, steps=300)
+    assert (plan.steps, plan.reason, plan.time_limit) == (300, "steps", None)
+    assert plan.tokens == 300 * 2048 and plan.epochs == 6.0 and plan.estimated_seconds == 150
+
+
+def test_a_token_budget_is_rounded_up_to_whole_steps():
+    plan = plan_training(tokens_per_step=1000, steps_per_epoch=10, seconds_per_step=None, train_tokens=10_500)
+    assert plan.steps == 11 and plan.reason == "train_tokens" and plan.tokens >= 10_500
+
+
+def test_default_length_is_max_epochs_when_it_fits_the_default_time():
+    plan = plan_training(tokens_per_step=100, steps_per_epoch=7.5, seconds_per_step=0.1, max_epochs=4)
+    assert plan.steps == 30 and plan.reason == "max_epochs"
+    assert plan.time_limit == pytest.approx(600 * 1.2)
+
+
+def test_default_length_is_capped_by_the_default_time():
+    plan = plan_training(tokens_per_step=100, steps_per_epoch=1000, seconds_per_step=2.0, default_seconds=60)
+    assert plan.steps == 30 and plan.reason == "default_time"
+
+
+def test_a_time_budget_caps_a_token_budget_but_never_lengthens_it():
+    capped = plan_training(
+        tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, train_tokens=10_000, time_budget=20
+    )
+    assert capped.steps == 20 and capped.reason == "time_budget" and capped.time_limit == pytest.approx(24)
+    short = plan_training(
+        tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, train_tokens=500, time_budget=20
+    )
+    assert short.steps == 5 and short.reason == "train_tokens"
+
+
+def test_the_plan_survives_a_restart(tmp_path):
+    plan = plan_training(tokens_per_step=64, steps_per_epoch=3, seconds_per_step=0.25, time_budget=10)
+    plan.save(tmp_path)
+    assert TrainingPlan.load(tmp_path) == plan
+    assert TrainingPlan.load(tmp_path / "elsewhere") is None
+    assert "about" in plan.describe("cpu") and "time budget" in plan.describe("cpu")
+
+
+@pytest.mark.parametrize("steps", [1, 19, 100, 1171])
+def test_about_twenty_evaluations_per_run(steps):
+    every = auto_eval_every(steps)
+    assert every >= 5 and math.ceil(steps / every) <= 20

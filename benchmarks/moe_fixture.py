@@ -6,10 +6,18 @@ Builds under OUT:
 - `qwen2_moe/` (unless --skip-qwen): a Qwen2-MoE with a shared expert, trained the same way;
 - `dense_<family>/`: a dense baseline with the dense student's architecture (Mistral / Qwen2 with one expert's
   width, plus the shared expert's for Qwen2), trained from scratch with the same token budget;
-- `fixture.json`: held-out perplexity of each, router entropy and expert load per layer, training time.
+- `fixture.json`: held-out perplexity of each, its held-out curve, router entropy and expert load per layer,
+  training time;
+- `data.txt`: the training text (several `--data` files are interleaved document by document), so that
+  `compress model OUT/mixtral --data OUT/data.txt` trains and evaluates on exactly the fixture's split.
+
+Every model gets the same token budget and trains until its held-out perplexity (on a validation share of the
+training data) stops improving, keeping its best checkpoint: the dense sibling is a converged, same-budget
+baseline, not an under-trained one.
 
     python benchmarks/moe_fixture.py /tmp/moe-fixture --tokenizer ../shared/models/stories260K \
-        --data ../shared/data/tinystories_dev.txt
+        --data ../shared/data/tinystories_dev.txt ../shared/data/tinyshakespeare.txt \
+        ../shared/data/agnews_dev.tsv ../shared/data/sst2_train.tsv
 """
 
 from __future__ import annotations
@@ -107,7 +115,10 @@ def train_one(
     seed: int,
     dropout: float = 0.0,
     weight_decay: float = 0.01,
-) -> float:
+    valid: torch.Tensor | None = None,
+    patience: int = 4,
+):
+    """Train with CE; with `valid`, evaluate 25 times, stop when it stops improving and keep the best."""
     data = IndexedBatches(len(blocks), batch_size, seed, lambda index: {"input_ids": blocks[index]})
     handles = add_ffn_dropout(model, dropout) if dropout else []
 
@@ -115,20 +126,45 @@ def train_one(
         out = m(input_ids=batch["input_ids"], labels=batch["input_ids"])
         return out.loss, {"loss": float(out.loss.detach())}
 
-    config = TrainConfig(steps=steps, lr=lr, warmup_ratio=0.05, weight_decay=weight_decay, seed=seed)
+    config = TrainConfig(
+        steps=steps,
+        lr=lr,
+        warmup_ratio=0.05,
+        weight_decay=weight_decay,
+        seed=seed,
+        eval_every=max(1, steps // 25) if valid is not None else None,
+        patience=patience,
+    )
+    evaluate = (lambda m: {"perplexity": perplexity(m, valid)}) if valid is not None else None
     start = time.perf_counter()
-    train(model, data, loss_fn, config, description="train", show_progress=sys.stderr.isatty())
+    result = train(
+        model, data, loss_fn, config, description="train", show_progress=sys.stderr.isatty(), evaluate=evaluate
+    )
     for handle in handles:
         handle.remove()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, result
+
+
+def mixed_documents(paths: list[str], seed: int) -> list[str]:
+    """Documents of several files interleaved in a seeded order, so every source is in train and held-out."""
+    import random
+
+    from compressor.data import read_documents
+
+    docs = [doc for path in paths for doc in read_documents(path)]
+    random.Random(seed).shuffle(docs)
+    return docs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--tokenizer", type=Path, required=True, help="a folder with the stories260K tokenizer")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--tokens", type=int, default=1_200_000, help="training tokens per model (about 7 epochs)")
+    parser.add_argument("--data", required=True, nargs="+", help="one or more data files (mixed)")
+    parser.add_argument(
+        "--tokens", type=int, default=1_200_000, help="token budget per model (early stopping may end sooner)"
+    )
+    parser.add_argument("--patience", type=int, default=4, help="held-out evaluations without improvement (0: none)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -143,16 +179,24 @@ def main() -> int:
     if args.out.exists():
         print(f"moe_fixture: {args.out} exists; choose a new folder", file=sys.stderr)
         return 2
-    corpus = load_corpus(args.data)
-    tokenizer = load_tokenizer(args.tokenizer)
-    steps = max(1, args.tokens // (args.batch_size * args.seq_len))
-    blocks = lm_blocks(tokenizer, corpus.train, args.seq_len, steps * args.batch_size)
-    held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
     tmp = args.out.with_name(args.out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    data_file = tmp / "data.txt"
+    if len(args.data) == 1 and not args.data[0].endswith((".tsv", ".csv", ".jsonl")):
+        shutil.copy(args.data[0], data_file)
+    else:
+        data_file.write_text("\n\n".join(doc.replace("\n\n", "\n") for doc in mixed_documents(args.data, args.seed)))
+    corpus = load_corpus(str(data_file))
+    tokenizer = load_tokenizer(args.tokenizer)
+    steps = max(1, args.tokens // (args.batch_size * args.seq_len))
+    blocks = lm_blocks(tokenizer, corpus.train, args.seq_len)
+    valid = lm_blocks(tokenizer, corpus.validation, args.seq_len, 64)
+    held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
     result: dict = {
-        "tokens": steps * args.batch_size * args.seq_len,
+        "data": args.data,
+        "train_tokens_available": blocks.numel(),
+        "token_budget": steps * args.batch_size * args.seq_len,
         "steps": steps,
         "heldout_tokens": held.numel(),
         "dropout": args.dropout,
@@ -163,13 +207,22 @@ def main() -> int:
     for name in names:
         model_type, kwargs = configs()[name]
         model = build(model_type, kwargs, args.seed)
-        seconds = train_one(model, blocks, steps, args.batch_size, args.lr, args.seed, args.dropout, args.weight_decay)
+        seconds, trained = train_one(
+            model, blocks, steps, args.batch_size, args.lr, args.seed, args.dropout, args.weight_decay, valid,
+            args.patience,
+        )  # fmt: skip
         model.eval()
         with torch.no_grad():
             entry = {
                 "model_type": model_type,
                 "params": sum(p.numel() for p in model.parameters()),
                 "train_seconds": round(seconds, 1),
+                "train_tokens": trained.tokens,
+                "steps_done": trained.steps_done,
+                "best_step": trained.best.step,
+                "best_step_tokens": (trained.best.step or 0) * args.batch_size * args.seq_len,
+                "stopped": trained.stopped,
+                "valid_curve": [(e["step"], round(e["perplexity"], 3)) for e in trained.evaluations],
                 "heldout_ppl": round(perplexity(model, held), 4),
             }
             if hasattr(model.config, "output_router_logits"):

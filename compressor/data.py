@@ -256,6 +256,13 @@ def encode_sentences(tokenizer, texts: Sequence[str], max_len: int) -> dict[str,
     return dict(tokenizer(list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"))
 
 
+def encoded_batches(tokenizer, texts: Sequence[str], max_len: int, batch_size: int, device):
+    """Padded, truncated encodings of `texts` in order, `batch_size` at a time, on `device` (for evaluation)."""
+    for start in range(0, len(texts), batch_size):
+        encoded = encode_sentences(tokenizer, texts[start : start + batch_size], max_len)
+        yield {k: v.to(device) for k, v in encoded.items()}
+
+
 def read_sts(path: str | Path) -> list[tuple[str, str, float]]:
     """An STS-B-style file: TAB-separated, score in column 4, sentences in columns 5 and 6 (0-based)."""
     path = Path(path)

@@ -46,16 +46,10 @@ def sentence_embeddings(
     model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 64
 ) -> torch.Tensor:
     """Mean-pooled last hidden states, one row per text (the all-MiniLM pooling)."""
-    device = next(model.parameters()).device
+    from compressor.data import encoded_batches
+
     rows = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_len,
-            return_tensors="pt",
-        ).to(device)
+    for enc in encoded_batches(tokenizer, list(texts), max_len, batch_size, next(model.parameters()).device):
         hidden = model(**enc, output_hidden_states=True).hidden_states[-1]
         rows.append(mean_pool(hidden.float(), enc["attention_mask"]).cpu())
     return torch.cat(rows)

@@ -35,19 +35,13 @@ class BudgetSpec(Strict):
     train_tokens: int | str | None = Field(default=None, description="training tokens: 2000000, 500k, 12.3M")
     time: float | str | None = Field(default=None, description="training time: seconds, or 90s, 30m, 1.5h")
 
-    @field_validator("train_tokens")
+    @field_validator("train_tokens", "time")
     @classmethod
-    def tokens(cls, value):
+    def parsed(cls, value, info):
+        """`12.3M` tokens and `30m` durations as users write them; the error names the key."""
+        parse = parse_tokens if info.field_name == "train_tokens" else parse_duration
         try:
-            return None if value is None else parse_tokens(value, "budget.train_tokens")
-        except UserError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
-
-    @field_validator("time")
-    @classmethod
-    def duration(cls, value):
-        try:
-            return None if value is None else parse_duration(value, "budget.time")
+            return None if value is None else parse(value, f"budget.{info.field_name}")
         except UserError as exc:
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
 

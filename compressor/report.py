@@ -106,9 +106,18 @@ def plot_losses(records, plots_dir: Path) -> list[str]:
         stride = record.metrics.get("loss_curve_stride", 1)
         plots_dir.mkdir(parents=True, exist_ok=True)
         figure, axis = plt.subplots(figsize=(6, 3.2))
-        axis.plot([i * stride for i in range(len(curve))], curve)
+        axis.plot([i * stride for i in range(len(curve))], curve, label="training loss")
         axis.set(xlabel="step", ylabel="loss", title=f"{record.name} loss")
         axis.grid(alpha=0.3)
+        evaluations = record.metrics.get("evaluations") or []
+        if evaluations:  # the held-out curve training watched, on its own axis (its first metric)
+            key = next(k for k in evaluations[0] if k != "step")
+            held = axis.twinx()
+            held.plot([e["step"] for e in evaluations], [e[key] for e in evaluations], "o-", color="#c33", ms=3)
+            held.set_ylabel(f"held-out {key}", color="#c33")
+            best = record.metrics.get("best_step")
+            if best is not None:
+                held.axvline(best, linestyle=":", color="#c33", label=f"kept (step {best})")
         figure.tight_layout()
         name = f"{record.name}_loss.png"
         figure.savefig(plots_dir / name, dpi=110)
@@ -193,7 +202,8 @@ def markdown(report: dict, plots: list[str]) -> str:
         shown = {
             k: v
             for k, v in p["metrics"].items()
-            if k in ("kept_layers", "loss_first", "loss_last", "tokens", "tokens_per_second", "steps")
+            if k in ("kept_layers", "loss_first", "loss_last", "tokens", "tokens_per_second", "steps", "steps_done")
+            or k in ("best_step", "stopped")
         }
         lines.append(
             f"| {p['name']} | {p['seconds']} | {'yes' if p['cached'] else 'no'} | "

@@ -408,7 +408,9 @@ class Distill(Pass):
             return loss, parts
 
         held = (
-            lm_blocks(ctx.tokenizer, corpus.eval, cfg.seq_len, max_blocks=cfg.eval_blocks or 64, name=corpus.eval_name)
+            lm_blocks(
+                ctx.tokenizer, corpus.validation, cfg.seq_len, max_blocks=cfg.eval_blocks or 64, name=corpus.valid_name
+            )
             if cfg.eval_every != 0
             else None
         )

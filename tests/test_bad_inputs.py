@@ -27,6 +27,15 @@ def run(capsys, *args):
     return code, captured.out, captured.err
 
 
+def record(code: int, line: str) -> None:
+    """With COMPRESSOR_CATALOGUE=FILE, append each case's exit code and message (for the issue's case list)."""
+    target = os.environ.get("COMPRESSOR_CATALOGUE")
+    if target:
+        case = os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0]
+        with open(target, "a") as handle:
+            handle.write(json.dumps({"case": case, "exit": code, "message": line}) + "\n")
+
+
 def assert_bad_input(code, err, *fragments):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
@@ -34,6 +43,7 @@ def assert_bad_input(code, err, *fragments):
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+    record(code, lines[0])
     return lines[0]
 
 
@@ -45,6 +55,7 @@ def assert_failed_after_work(code, err, *fragments):
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
+    record(code, lines[-1])
     return lines[-1]
 
 
@@ -551,6 +562,8 @@ def test_recipe_typo_names_the_key(capsys, out, tmp_path, tiny_dirs):
         ("passes: [{inherit: {}, distill: {}}]\n", "one-key mapping"),
         ("passes: [{distill: !!python/object:os.system {}}]\n", "not valid YAML"),
         ("passes: [{distill: {steps: 3}\n", "not valid YAML"),
+        ("budget: {time: soon}\n", "budget.time"),
+        ("budget: {train_tokens: lots}\n", "budget.train_tokens"),
     ],
 )
 def test_recipe_errors(capsys, out, tmp_path, tiny_dirs, text, fragment):
@@ -623,6 +636,13 @@ def test_impossible_budget(capsys, out, tiny_dirs, budget, fragment):
 def test_option_values_of_the_wrong_type(capsys, out, tiny_dirs, flag, value):
     code, _, err = run(capsys, "model", tiny_dirs["llama"], flag, value, "--out", out)
     assert_bad_input(code, err, flag)
+
+
+@pytest.mark.parametrize("flag,value", [("--train-tokens", "lots"), ("--time-budget", "soon"), ("--train-tokens", "0")])
+def test_training_budget_errors_name_the_flag(capsys, out, tiny_dirs, flag, value):
+    code, _, err = run(capsys, "model", tiny_dirs["llama"], flag, value, "--out", out)
+    assert_bad_input(code, err, flag)
+    assert nothing_left(out)
 
 
 @pytest.mark.parametrize("steps", ["0", "-3"])

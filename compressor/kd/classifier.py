@@ -73,17 +73,13 @@ def mapped_hidden_loss(
 @torch.no_grad()
 def predictions(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 32) -> torch.Tensor:
     """Class ids the model predicts for `texts`."""
+    from compressor.data import encoded_batches
+
     device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            list(texts[start : start + batch_size]),
-            padding=True,
-            truncation=True,
-            max_length=max_len,
-            return_tensors="pt",
-        )
-        out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu())
+    out = [
+        model(**batch).logits.argmax(-1).cpu()
+        for batch in encoded_batches(tokenizer, list(texts), max_len, batch_size, device)
+    ]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

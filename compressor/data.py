@@ -179,8 +179,8 @@ def load_corpus(
 ) -> Corpus:
     """The corpus a run trains, validates and evaluates on: a file (with held-out parts) or the built-in one.
 
-    Tail splits (see `split_holdout`): eval is the last `eval_fraction` (unless --eval-data is given), the
-    validation share the `valid_fraction` of the documents just before it.
+    Eval is the last `eval_fraction` (a tail split, see `split_holdout`; or --eval-data); the validation share
+    is every (1/`valid_fraction`)-th of the remaining documents.
     """
     if train in (None, BUILTIN):
         docs, labels, name = list(builtin_documents()), None, BUILTIN
@@ -193,9 +193,14 @@ def load_corpus(
         rest, eval_docs = split_holdout(docs, eval_fraction, name)
         rest_labels = labels[: len(rest)] if labels is not None else None
         eval_labels = labels[len(rest) :] if labels is not None else None
-    n_valid = round(len(docs) * valid_fraction) if len(rest) >= 40 else 0  # tiny data: watch the eval part
-    cut = len(rest) - n_valid
-    train_docs, valid_docs = rest[:cut], rest[cut:]
+    # every k-th training document (evenly spread, deterministic): the validation share looks like the training
+    # data as a whole, and the documents nearest the held-out tail stay in training
+    stride = round(1 / valid_fraction) if valid_fraction > 0 and len(rest) >= 40 else 0
+    chosen = set(range(stride - 1, len(rest), stride)) if stride else set()
+    train_docs = [d for i, d in enumerate(rest) if i not in chosen]
+    valid_docs = [d for i, d in enumerate(rest) if i in chosen]
+    train_labels = [x for i, x in enumerate(rest_labels) if i not in chosen] if rest_labels is not None else None
+    valid_labels = [x for i, x in enumerate(rest_labels) if i in chosen] if rest_labels is not None else None
     parts = [train_docs, valid_docs, eval_docs, rest_labels or [], eval_labels or []]
     digest = hashlib.sha256()
     for part in parts:
@@ -210,8 +215,8 @@ def load_corpus(
         digest.hexdigest(),
         str(eval_path) if eval_path else None,
         tuple(valid_docs),
-        tuple(rest_labels[:cut]) if rest_labels is not None else None,
-        tuple(rest_labels[cut:]) if rest_labels is not None else None,
+        tuple(train_labels) if train_labels is not None else None,
+        tuple(valid_labels) if valid_labels is not None else None,
         tuple(eval_labels) if eval_labels is not None else None,
     )
 

@@ -41,7 +41,7 @@ def generate_corpus(
     rows = []
     new_tokens = settings.seq_len - settings.prompt_tokens
     for start in range(0, settings.sequences, batch_size):
-        prompt = prompts[start : start + batch_size, : settings.prompt_tokens].to(device)
+        prompt = prompts[start : min(start + batch_size, settings.sequences), : settings.prompt_tokens].to(device)
         out = teacher.generate(
             input_ids=prompt,
             attention_mask=torch.ones_like(prompt),

@@ -284,6 +284,7 @@ def compress_model(request: ModelRequest) -> dict:
         report["data"] = {
             "train": corpus.name,
             "train_documents": len(corpus.train),
+            "validation_documents": len(corpus.valid),
             "eval_documents": len(corpus.eval),
             "sts": recipe.data.sts,
         }

@@ -214,7 +214,9 @@ def test_minilm_on_a_file_of_one_sentence_per_line(capsys, tmp_path):
     code, _, err = run(capsys, "model", "--data", data, "--steps", "2", "--out", out, "--quiet", "--no-bench")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
-    assert report["data"]["train_documents"] + report["data"]["eval_documents"] == len(lines)
+    counts = report["data"]
+    assert counts["train_documents"] + counts["validation_documents"] + counts["eval_documents"] == len(lines)
+    assert counts["validation_documents"] == (counts["train_documents"] + counts["validation_documents"]) // 20
 
 
 def test_a_dataset_saved_with_save_to_disk_trains_an_encoder(capsys, tmp_path, tiny_dirs):
@@ -226,7 +228,8 @@ def test_a_dataset_saved_with_save_to_disk_trains_an_encoder(capsys, tmp_path, t
     args = ["model", tiny_dirs["bert"], "--data", tmp_path / "sst2", "--steps", "2", "--out", out, "--quiet"]
     code, _, err = run(capsys, *args, "--no-bench")
     assert code == 0, err
-    assert json.loads((out / "report.json").read_text())["data"]["train_documents"] == 269
+    counts = json.loads((out / "report.json").read_text())["data"]
+    assert counts["train_documents"] + counts["validation_documents"] == 269 and counts["eval_documents"] == 30
 
 
 def test_a_classifier_distils_on_its_labels_and_reports_accuracy(capsys, tmp_path):

@@ -82,10 +82,11 @@ def describe(error: dict) -> str:
         return "unknown key"
     if error["type"] == "missing":
         return "required key is missing"
+    message = error["msg"].removeprefix("Value error, ")  # our validators' own words, without pydantic's label
     given = error.get("input")
     if isinstance(given, str | int | float | bool):
-        return f"{error['msg']} (got {given!r})"
-    return error["msg"]
+        return f"{message} (got {given!r})"
+    return message
 
 
 def first_error(exc: ValidationError, prefix: str = "") -> str:

@@ -43,9 +43,11 @@ def routing_weights(
 
 
 def moe_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The sparse MoE block of every decoder layer, in order (Mixtral: block_sparse_moe; Qwen MoE: mlp)."""
-    layers = model.model.layers
-    blocks = [getattr(layer, "block_sparse_moe", None) or layer.mlp for layer in layers]
+    """The sparse MoE block of every decoder layer, in order (the family adapter knows where it lives)."""
+    from compressor.ir.families import adapter_for
+
+    adapter = adapter_for(model.config.model_type)
+    blocks = [adapter.moe_block(layer) for layer in model.model.layers]
     for index, block in enumerate(blocks):
         if not (hasattr(block, "gate") and hasattr(block, "experts")):
             raise ValueError(f"layer {index} is dense (no router and experts); mixed models are not supported")

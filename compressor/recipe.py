@@ -189,17 +189,15 @@ def check_expansion(root, path: Path) -> None:
         raise UserError(f"{path}: recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases); refusing it")
 
 
-MOE_MODEL_TYPES = ("mixtral", "qwen2_moe", "qwen3_moe")
-
-
 def default_passes(model_type: str | None = None, budget_given: bool = False) -> list[dict[str, dict[str, Any] | None]]:
-    """The search-free default: inherit layers by importance, distil, export. An MoE teacher first becomes
-    dense (`moe_to_dense`, which is its compression: every layer keeps one expert's compute), then is refined by
-    distillation from the MoE; layers are dropped as well only when the user asked for a budget."""
-    if model_type in MOE_MODEL_TYPES:
-        inherit = [{"inherit": {}}] if budget_given else []
-        return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
-    return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
+    """The search-free default pipeline of the teacher's family (an unknown type fails later, when it loads)."""
+    from compressor.ir.families import ADAPTERS, adapter_for
+
+    try:
+        adapter = adapter_for(model_type) if model_type else ADAPTERS[0]
+    except UserError:
+        adapter = ADAPTERS[0]
+    return adapter.default_pipeline(budget_given)
 
 
 def parse_assignments(assignments: list[str], source: str = "--set") -> dict[str, Any]:

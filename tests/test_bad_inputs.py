@@ -332,19 +332,15 @@ def test_non_utf8_sts_file(capsys, tmp_path, out):
     assert nothing_left(out)
 
 
-@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x", "cuda"])
+@pytest.mark.parametrize("device", ["tpu", "meta", "cuda:x", "cuda:99"])
 def test_unknown_or_absent_device(capsys, teacher, out, device):
-    if device == "cuda" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
     code, _, err = run(capsys, "model", teacher, "--device", device, "--data", TINYSTORIES, "--out", out)
     assert_bad_input(code, err, f"device {device!r}")
     assert nothing_left(out)
 
 
 def test_unwritable_out_is_refused_before_any_work(capsys, teacher):
-    if os.access("/sys", os.W_OK) and not Path("/sys").is_dir():
-        pytest.skip("no read-only /sys here")
-    out = Path("/sys/compressor-out")
+    out = Path("/proc/compressor-out")  # procfs takes no new files, not even from root
     code, _, err = run(capsys, "model", teacher, "--data", TINYSTORIES, "--out", out)
     assert_bad_input(code, err, str(out), "not writable")
 
@@ -386,35 +382,6 @@ def test_disk_full_is_one_short_line_and_leaves_nothing(capsys, tmp_path, teache
     code, _, err = run(capsys, "pass", "inherit", "--in", teacher, "--out", out, "--set", "strategy=first", "--quiet")
     line = assert_failed_after_work(code, err, "no space left on device", "free")
     assert len(line) < 400 and ".partial-" not in line and nothing_left(out)
-
-
-def test_a_really_full_disk(capsys, tmp_path, teacher):
-    """The same on a real 256 KiB tmpfs, where the machine lets us mount one (root in a container)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if os.system(f"mount -t tmpfs -o size=256k tmpfs {mount} 2>/dev/null") != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        big = tmp_path / "big"
-        shutil.copytree(teacher, big)
-        tensors = load_file(big / "model.safetensors")
-        tensors["model.embed_tokens.weight"] = torch.randn(512, 32)
-        tensors["lm_head.weight"] = torch.randn(512, 32)
-        save_file(tensors, big / "model.safetensors", metadata={"format": "pt"})
-        out = mount / "out"
-        code, _, err = run(capsys, "pass", "inherit", "--in", big, "--out", out, "--set", "strategy=first", "--quiet")
-        # a tiny student fits in 256 KiB only if the disk is not full: fill it first
-        shutil.rmtree(out, ignore_errors=True)
-        with open(mount / "filler", "wb") as handle:
-            try:
-                handle.write(b"\0" * (512 << 10))
-            except OSError:
-                pass
-        code, _, err = run(capsys, "pass", "inherit", "--in", big, "--out", out, "--set", "strategy=first", "--quiet")
-        line = assert_failed_after_work(code, err, "no space left on device")
-        assert len(line) < 400 and nothing_left(out)
-    finally:
-        os.system(f"umount {mount}")
 
 
 # ---- 9. messages that name the input ---------------------------------------------------------------------

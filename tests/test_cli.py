@@ -202,7 +202,7 @@ def test_a_time_budget_caps_the_training(capsys, tmp_path, tiny_dirs):
     distill = distill_metrics(out)
     plan = distill["metrics"]["plan"]
     assert distill["config"]["time_budget"] == 2 and distill["config"]["train_tokens"] == 50_000_000
-    assert plan["reason"] == "time_budget" and plan["estimated_seconds"] <= 2.0 and plan["time_limit"] == 2.4
+    assert plan["reason"] == "time_budget" and plan["time_limit"] == 2.4
     assert distill["metrics"]["steps_done"] <= plan["steps"] < 50_000_000 // 2048
 
 

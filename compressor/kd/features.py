@@ -115,8 +115,6 @@ def inner_model(model: torch.nn.Module) -> torch.nn.Module:
 class CaptureQKV:
     """Forward hooks on the last layer's query/key/value projections: their outputs, for relation losses."""
 
-    NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
-
     def __init__(self, model: torch.nn.Module, enabled: bool = True) -> None:
         self.model, self.enabled, self.outputs, self.handles = inner_model(model), enabled, {}, []
 
@@ -124,17 +122,17 @@ class CaptureQKV:
         if not self.enabled:
             return self.outputs
         from compressor.importance import decoder_layers
+        from compressor.ir.families import adapter_for
 
+        names = adapter_for(self.model.config.model_type).qkv_names
         last = decoder_layers(self.model)[-1]
-        modules = dict(last.named_modules())
-        for names in self.NAMES:
-            found = {n: m for n, m in modules.items() if n.split(".")[-1] in names}
-            if len(found) == 3:
-                for name, module in found.items():
-                    role = "qkv"[names.index(name.split(".")[-1])]
-                    self.handles.append(module.register_forward_hook(self.keep(role)))
-                return self.outputs
-        raise ValueError("relation loss: cannot find query/key/value projections in the last layer")
+        found = {n: m for n, m in last.named_modules() if n.split(".")[-1] in names}
+        if len(found) != 3:
+            raise ValueError("relation loss: cannot find query/key/value projections in the last layer")
+        for name, module in found.items():
+            role = "qkv"[names.index(name.split(".")[-1])]
+            self.handles.append(module.register_forward_hook(self.keep(role)))
+        return self.outputs
 
     def keep(self, role: str):
         def hook(module, args, output):

@@ -73,6 +73,7 @@ class FamilyAdapter(ABC):
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     task: ClassVar[str]  # "causal-lm" or "encoder"
+    qkv_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")  # attention projection modules
     sliceable: ClassVar[tuple[str, ...]]  # the group kinds `slice_group` accepts
 
     # ---- construction -------------------------------------------------------------------------
@@ -86,6 +87,10 @@ class FamilyAdapter(ABC):
 
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
+
+    def default_pipeline(self, budget_given: bool) -> list[dict]:
+        """The passes `compress model` runs with no recipe: inherit layers by importance, distil, export."""
+        return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
 
     def is_classifier(self, config) -> bool:
         """Whether the checkpoint is a sequence classifier (distilled on class logits, exported as such)."""

@@ -19,6 +19,7 @@ class BertAdapter(FamilyAdapter):
     name = "bert"
     model_types = ("bert",)
     task = "encoder"
+    qkv_names = ("query", "key", "value")
     sliceable = ("ffn",)
 
     def model_class(self, config) -> type:

@@ -22,6 +22,18 @@ DENSE_COUNTERPART = {"mixtral": "mistral", "qwen2_moe": "qwen2", "qwen3_moe": "q
 
 class MoEAdapter(LlamaAdapter):
     name = "moe"
+
+    def default_pipeline(self, budget_given: bool) -> list[dict]:
+        """The MoE first becomes dense (`moe_to_dense`, its compression: every layer keeps one expert's compute),
+        then is refined by distillation from the MoE; layers are dropped too only when a budget was asked for."""
+        inherit = [{"inherit": {}}] if budget_given else []
+        return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
+
+    @staticmethod
+    def moe_block(layer):
+        """A decoder layer's sparse MoE block (Mixtral: block_sparse_moe; Qwen MoE: mlp)."""
+        return getattr(layer, "block_sparse_moe", None) or layer.mlp
+
     model_types = ("mixtral", "qwen2_moe", "qwen3_moe")
     task = "causal-lm"
     sliceable = ("hidden", "heads", "ffn", "experts")

@@ -354,7 +354,7 @@ def check_gates(recipe: Recipe, quality: dict) -> dict:
     }
 
 
-def teacher_of(ir: ModelIR, given: str | None, source: Path, required: bool = False) -> Path:
+def teacher_of(ir: ModelIR, given: str | None, source: Path, required: bool = False) -> tuple[Path, ModelIR]:
     """The teacher of `ir`: `--teacher` when given, else the one its lineage names, checked by fingerprint.
 
     A model without lineage is its own teacher (the start of a pipeline) unless `required` (`compress eval`,
@@ -362,27 +362,29 @@ def teacher_of(ir: ModelIR, given: str | None, source: Path, required: bool = Fa
     missing or changed is an error: falling back to the student would make every figure silently false.
     """
     if given:
-        return Path(given)
+        path = Path(given)
+        return path, (ir if real(path) == real(source) else ModelIR.load(path))
     recorded = ir.lineage.get("teacher") or {}
     path = recorded.get("path")
     if not path:
         if required:
             raise UserError(f"{source}: no teacher recorded in its compressor.json; pass --teacher DIR")
-        return source
+        return source, ir
     teacher = Path(path)
     if not teacher.is_absolute():  # lineages written before paths were stored absolute
         raise UserError(f"{source}: its lineage names the teacher by a relative path ({path}); pass --teacher DIR")
     if not (teacher / "config.json").exists():
         raise UserError(f"{source}: its teacher {teacher} (from compressor.json) is not there; pass --teacher DIR")
-    expected = recorded.get("fingerprint")
-    if expected and real(teacher) != real(source):
-        found = ModelIR.load(teacher).fingerprint
-        if found != expected:
-            raise UserError(
-                f"{source}: the teacher at {teacher} has changed since this model was made from it "
-                f"(fingerprint {found[:12]}, recorded {expected[:12]}); pass --teacher DIR to use it anyway"
-            )
-    return teacher
+    if real(teacher) == real(source):
+        return teacher, ir
+    loaded = ModelIR.load(teacher)  # loading computes the fingerprint: the caller gets this IR, not a second load
+    expected, found = recorded.get("fingerprint"), loaded.fingerprint
+    if expected and found != expected:
+        raise UserError(
+            f"{source}: the teacher at {teacher} has changed since this model was made from it "
+            f"(fingerprint {found[:12]}, recorded {expected[:12]}); pass --teacher DIR to use it anyway"
+        )
+    return teacher, loaded
 
 
 def run_pass(
@@ -409,9 +411,8 @@ def run_pass(
     out_path = Path(out)
     check_output(out_path, overwrite, {"--in model": source_path, "teacher": teacher, "data": data})
     ir = ModelIR.load(source_path)
-    teacher_path = teacher_of(ir, teacher, source_path)
+    teacher_path, teacher_ir = teacher_of(ir, teacher, source_path)
     check_disjoint(out_path, {"teacher": teacher_path})
-    teacher_ir = ModelIR.load(teacher_path) if real(teacher_path) != real(source_path) else ir
     ir = with_teacher_lineage(ir, teacher_path, teacher_ir)
     step.check(ir)
     corpus = load_corpus(data or BUILTIN) if (cls.needs_data or cls.name == "export") else None
@@ -461,8 +462,7 @@ def evaluate_models(
 ) -> dict:
     """`compress eval`: the student against its teacher on held-out text (and STS-B when given)."""
     student_ir = ModelIR.load(student)
-    teacher_path = teacher_of(student_ir, teacher, Path(student), required=True)
-    teacher_ir = ModelIR.load(teacher_path)
+    teacher_path, teacher_ir = teacher_of(student_ir, teacher, Path(student), required=True)
     if teacher_ir.task != student_ir.task:
         raise UserError(
             f"{teacher_path}: a {teacher_ir.task} teacher cannot be compared with a {student_ir.task} student"

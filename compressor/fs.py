@@ -179,6 +179,17 @@ def scratch_directory(kind: str = "") -> Iterator[Path]:
 
 
 # ---- checks made before any work ---------------------------------------------------------------------------
+def probe_write(folder: Path) -> OSError | None:
+    """Write and remove an empty file in `folder`: the error a real write would meet there, or None."""
+    probe = Path(folder) / f".compressor-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc
+    return None
+
+
 def check_writable(folder: Path, what: str) -> None:
     """`folder` (created if absent) must be a directory we can write to; checked by writing a probe file."""
     folder = Path(folder)
@@ -186,11 +197,11 @@ def check_writable(folder: Path, what: str) -> None:
         raise UserError(f"{folder}: {what} exists and is not a directory")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".compressor-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        probe.write_bytes(b"")
-        probe.unlink()
     except OSError as exc:
         raise UserError(f"{folder}: {what} is not writable ({exc.strerror or exc})") from None
+    problem = probe_write(folder)
+    if problem:
+        raise UserError(f"{folder}: {what} is not writable ({problem.strerror or problem})")
 
 
 def nearest_existing(path: Path) -> Path:
@@ -208,12 +219,9 @@ def check_output_parent(out: Path, what: str = "output directory") -> None:
     existing = nearest_existing(Path(out).absolute().parent)
     if not existing.is_dir():
         raise UserError(f"{out}: cannot create the {what}: {existing} is not a directory")
-    probe = existing / f".compressor-probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write the {what} here ({existing} is not writable: {exc.strerror})") from None
+    problem = probe_write(existing)
+    if problem:
+        raise UserError(f"{out}: cannot write the {what} here ({existing} is not writable: {problem.strerror})")
 
 
 def real(path: Path | str) -> Path:

@@ -129,3 +129,13 @@ def make_tiny_classifier(path: Path, seed: int = 0) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
         shutil.copy2(minilm_dir() / name, path / name)
     return path
+
+
+def dead_pid() -> int:
+    """A process id that no process has now (for stale-lock and stale-partial tests)."""
+    from compressor.fs import pid_alive
+
+    pid = 4_000_000
+    while pid_alive(pid):
+        pid -= 1
+    return pid

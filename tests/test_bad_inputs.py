@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from compressor.cli import main
-from tests.helpers import DATA, STORIES
+from tests.helpers import DATA, STORIES, dead_pid
 
 TINYSTORIES = DATA / "tinystories_dev.txt"
 
@@ -422,15 +422,6 @@ def test_outputs_follow_the_umask(capsys, teacher, out, umask, dir_mode, file_mo
 
 
 # ---- 7. stale partials and scratch folders of dead processes are cleaned ---------------------------------
-def dead_pid() -> int:
-    from compressor.fs import pid_alive
-
-    pid = 4_000_000
-    while pid_alive(pid):
-        pid -= 1
-    return pid
-
-
 def test_stale_partials_and_scratch_of_dead_runs_are_removed(capsys, teacher, out):
     pid = dead_pid()
     stale = out.parent / f".{out.name}.partial-{pid}-abc123"

@@ -13,16 +13,9 @@ from compressor.fs import (
     check_disjoint,
     check_replaceable,
     clean_stale_scratch,
-    pid_alive,
     remove_stale_siblings,
 )
-
-
-def dead_pid() -> int:
-    pid = 4_000_000
-    while pid_alive(pid):
-        pid -= 1
-    return pid
+from tests.helpers import dead_pid
 
 
 def test_a_failed_build_leaves_the_old_folder_and_no_partial(tmp_path):

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from compressor.onnx_bench import timed
+from compressor.onnx.bench import timed
 
 VOCAB, HIDDEN, FFN, HEADS = 32000, 512, 1376, 8
 HEAD_SCALE = 12.0

@@ -517,7 +517,7 @@ def bench(
     """
     import torch
 
-    from compressor.onnx_bench import measure_torch
+    from compressor.onnx.bench import measure_torch
 
     target_obj = get_target(target)
     run_dir = Path(student)

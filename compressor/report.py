@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import compressor
+from compressor.deploy_report import deployment_lines
 from compressor.run_speed import speed_note, speed_rows
 
 PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "accelerate", "peft")
@@ -53,7 +54,8 @@ def build_report(
     export = next((r for r in records if r.name == "export"), None)
     deployment = None
     if export:
-        deployment = {k: export.metrics.get(k) for k in ("optimization", "quantization", "deploy_file")}
+        keys = ("optimization", "quantization", "quantization_tried", "deploy_file", "tied_weights", "graph", "genai")
+        deployment = {k: export.metrics.get(k) for k in keys}
     return {
         "teacher": {"path": teacher_path, **t},
         "student": s,
@@ -291,20 +293,7 @@ def onnx_section(report: dict) -> list[str]:
     ]
     lines += [f"| {key} | {cell(onnx[key])} |" for key in VALIDATION_FIGURES if key in onnx]
     lines += [f"- {note}" for note in onnx.get("notes", [])] + [""]
-    deployment = report.get("deployment") or {}
-    optimization, quantization = deployment.get("optimization") or {}, deployment.get("quantization") or {}
-    lines += ["## Deployment", "", f"Deploy file: `onnx/{deployment.get('deploy_file', 'model.onnx')}`.", ""]
-    if optimization.get("applied"):
-        lines.append(f"- Graph optimization: {optimization['optimizer']}.")
-    elif optimization:
-        lines.append(f"- Graph optimization not applied: {optimization.get('reason', 'disabled')}.")
-    if quantization.get("kind", "none") != "none":
-        state = "kept" if quantization.get("passed") else "dropped"
-        detail = quantization.get("gate") or quantization.get("reason", "")
-        lines.append(f"- {quantization['kind']} model {state}: {detail}.")
-        if quantization.get("reason"):
-            lines.append(f"- {quantization['reason']}.")
-    return lines + [""]
+    return lines + deployment_lines(report.get("deployment") or {})
 
 
 def bench_section(bench: dict | None) -> list[str]:

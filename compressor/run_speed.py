@@ -14,7 +14,7 @@ def measure_run_speed(
     teacher_model, deploy_file: Path, target, causal: bool, vocab: int, flops_ratio: float, runs: int = 10
 ) -> dict:
     """Teacher PyTorch vs student ONNX: latency (batch 1), throughput, per-token latency (LMs), speedups."""
-    from compressor.onnx_bench import measure_torch
+    from compressor.onnx.bench import measure_torch
 
     result: dict = {
         "target": target.name,

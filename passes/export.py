@@ -2,13 +2,17 @@
 and our own validation gates at every step.
 
 1. Optimum exports the task's graph (causal LM with KV cache, feature extraction, sequence classification).
-2. The graph is optimized (compressor.onnx_opt); an optimized graph that fails validation is dropped, with the
+2. The graph is optimized (compressor.onnx.optimize); an optimized graph that fails validation is dropped, with the
    reason in the report, and the plain export ships.
 3. Gate: ONNX Runtime against PyTorch on real text — max abs diff and top-1 agreement (embedding cosine for
    encoders); for causal LMs a continuation through the exported KV cache and greedy generation that must
    give PyTorch's exact tokens. A failure raises GateError: a student that disagrees with itself never ships.
-4. The target's quantization (dynamic int8 for cpu/edge, fp16 for gpu), gated against the fp32 student; when
-   that gate fails the fp32 model is the one to deploy and the report says why.
+4. Tied weights are stored once (compressor.onnx.tied): the fp32 file holds each parameter once.
+5. The target's quantization, gated against the fp32 student: for causal LMs on cpu/edge weight-only
+   MatMulNBits variants, smallest first, judged by held-out perplexity (+ KL, top-1 beside it); dynamic int8
+   for encoders; fp16 for gpu. A variant that fails its gate is deleted and the report says why; when none
+   passes the fp32 model is the one to deploy.
+6. Causal LMs get `genai_config.json` for the deploy file, so ONNX Runtime GenAI runs the folder as it is.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from compressor.data import builtin_documents, encode_sentences, lm_blocks, sentences
 from compressor.errors import GateError, UserError
 from compressor.ir import ModelIR
-from compressor.onnx_check import (
+from compressor.onnx.check import (
     compare_hidden,
     compare_logits,
     encoder_output,
@@ -34,8 +38,15 @@ from compressor.onnx_check import (
     torch_greedy_tokens,
     torch_lm_logits,
 )
-from compressor.onnx_opt import convert_fp16, optimize, quantize_int8
+from compressor.onnx.decode import onnx_decode_speed
+from compressor.onnx.genai import retarget_genai_config, write_genai_config
+from compressor.onnx.genai_builder import build_fp32, builder_available, single_file
+from compressor.onnx.optimize import optimize
+from compressor.onnx.tied import share_file_weights
+from compressor.onnx.variants import VARIANTS, check_variant
 from passes.base import Pass, PassConfig, PassContext, register
+from passes.export_variants import graph_bytes as file_bytes
+from passes.export_variants import quantize_variants
 
 Task = Literal["auto", "text-generation-with-past", "feature-extraction", "text-classification"]
 
@@ -44,11 +55,33 @@ class ExportConfig(PassConfig):
     task: Task = "auto"
     opset: int | None = Field(default=None, ge=14)
     optimize: bool = Field(default=True, description="graph optimization (kept only if it validates)")
-    quantize: Literal["target", "none", "int8", "fp16"] = Field(default="target", description="default: the target's")
+    quantize: str | list[str] = Field(
+        default="target",
+        description="'target' (the target's choice), 'none', or a variant or list of variants to write: "
+        + ", ".join(VARIANTS),
+    )
+    max_perplexity_increase: float = Field(
+        default=0.03, ge=0, description="LM gate: held-out perplexity of a quantized model vs fp32, relative"
+    )
+    gate_sequences: int = Field(default=16, ge=1, description="held-out sequences for the LM quantization gate")
+    gate_length: int = Field(default=128, ge=8, description="tokens per LM gate sequence")
+    graph: Literal["auto", "optimum"] = Field(
+        default="auto",
+        description="causal LMs: 'auto' also builds with ONNX Runtime GenAI's builder and ships the faster graph",
+    )
     validation_samples: int = Field(default=4, ge=1, description="sequences (LM) or sentences x4 (encoder)")
     validation_length: int = Field(default=32, ge=4, description="tokens per validation sequence (LM)")
     generation_prompts: int = Field(default=4, ge=0, description="greedy-generation prompts checked (LM)")
     generation_tokens: int = Field(default=32, ge=1)
+
+    @field_validator("quantize")
+    @classmethod
+    def known_variants(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("quantize: an empty list; use 'none' for no quantized model")
+            return [check_variant(v) for v in value]
+        return value if value in ("target", "none") else check_variant(value)
 
 
 def export_task(ir: ModelIR, requested: str) -> str:
@@ -137,6 +170,10 @@ class Export(Pass):
         shutil.copytree(raw_dir, onnx_dir, ignore=shutil.ignore_patterns("model.onnx*"))
         for file in chosen.parent.glob(f"{chosen.name}*"):  # the graph and any external-data file beside it
             shutil.copy2(file, onnx_dir / file.name.replace(chosen.stem, "model", 1))
+        tied = share_file_weights(onnx_dir / "model.onnx")
+        tied["parameter_bytes"] = parameter_bytes(model)
+        tied["fp32_file_bytes"] = file_bytes(onnx_dir, "model.onnx")
+        tied["file_over_parameters"] = round(tied["fp32_file_bytes"] / tied["parameter_bytes"], 4)
         session = open_session(onnx_dir / "model.onnx", providers, options)
         figures = checker.compare(checker.outputs(session), reference)
         if task.startswith("text-generation") and cfg.generation_prompts:
@@ -161,12 +198,93 @@ class Export(Pass):
         if failures:
             raise GateError(f"export: ONNX validation failed ({'; '.join(failures)})")
 
-        kind = ctx.target.quantization if cfg.quantize == "target" else cfg.quantize
-        kind = "int8" if kind == "dynamic-int8" else kind
-        quantization = self.quantized(kind, ctx, onnx_dir, checker, checker.outputs(session), model)
-        ctx.metrics["quantization"] = quantization
-        ctx.metrics["deploy_file"] = quantization["file"] if quantization.get("passed") else "model.onnx"
+        ctx.metrics["tied_weights"] = tied
+        causal = task.startswith("text-generation")
+        deployment = quantize_variants(cfg, causal, ctx, onnx_dir, checker, session)
+        if causal and cfg.graph != "optimum":
+            deployment = self.faster_graph(ir, ctx, hf_dir, onnx_dir, deployment, checker, reference, model)
+        tried = deployment["tried"]
+        ctx.metrics["quantization_tried"] = tried
+        ctx.metrics["quantization"] = next((r for r in tried if r["file"] == deployment["deploy_file"]), None) or (
+            tried[-1] if tried else {"kind": "none"}
+        )
+        ctx.metrics["deploy_file"] = deployment["deploy_file"]
+        if causal and ctx.metrics.get("graph", {}).get("chosen") == "genai-builder":
+            ctx.metrics["genai"] = retarget_genai_config(onnx_dir, deployment["deploy_file"])
+        elif causal:
+            generation = getattr(model, "generation_config", None)
+            ctx.metrics["genai"] = write_genai_config(
+                onnx_dir, deployment["deploy_file"], ir.config, ir.adapter, generation
+            )
         return ir
+
+    def faster_graph(self, ir, ctx: PassContext, hf_dir, onnx_dir, deployment: dict, checker, reference, model):
+        """Build the same student with ONNX Runtime GenAI's builder, validate and quantize it like Optimum's
+        graph, time both deploy files decoding, and ship the faster (issue 14 §5). Figures in metrics["graph"]."""
+        target = ctx.target
+        optimum = {"deploy_file": deployment["deploy_file"]}
+        choice: dict = {"chosen": "optimum", "candidates": {"optimum": optimum}}
+        ctx.metrics["graph"] = choice
+        why_not = self.builder_unusable(ir, ctx)
+        if why_not:
+            choice["genai_builder"] = why_not
+            return deployment
+        staging = ctx.scratch / "onnx-genai"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            built = build_fp32(hf_dir, staging, ctx.scratch / "genai-cache", ctx.scratch / "genai-builder.log")
+            single_file(built)
+            share_file_weights(built)
+            options = target.session_options()
+            options.log_severity_level = 4  # a kernel that refuses this graph raises; its log line is not ours
+            session = open_session(built, target.available_providers(), options)
+            figures = checker.compare(checker.outputs(session), reference)
+            figures.update(self.generation_check(ir, ctx, session, model))
+        except Exception as exc:  # a builder that cannot take this student must not stop the export
+            choice["genai_builder"] = f"not used: {type(exc).__name__}: {str(exc)[:240]}"
+            return deployment
+        problems = self.failures(figures, target.tolerance("fp32"), ctx)
+        if problems:
+            choice["genai_builder"] = f"not used: its graph failed validation ({'; '.join(problems)})"
+            return deployment
+        built_deployment = quantize_variants(self.config, True, ctx, staging, checker, session)
+        vocab = int(ir.config.vocab_size)
+        for name, folder, chosen in (("optimum", onnx_dir, deployment), ("genai-builder", staging, built_deployment)):
+            file = folder / chosen["deploy_file"]
+            timed = open_session(file, target.available_providers(), target.session_options())
+            choice["candidates"][name] = {
+                "deploy_file": chosen["deploy_file"],
+                "bytes": file_bytes(folder, chosen["deploy_file"]),
+                "decode": onnx_decode_speed(timed, vocab, prompt_tokens=64, new_tokens=32, repeats=2),
+            }
+        choice["candidates"]["genai-builder"]["validation"] = figures
+        rates = {name: c["decode"]["decode_tokens_per_s"] for name, c in choice["candidates"].items()}
+        if rates["genai-builder"] <= rates["optimum"]:
+            choice["reason"] = (
+                f"Optimum's graph decodes as fast or faster ({rates['optimum']} vs {rates['genai-builder']} tokens/s)"
+            )
+            return deployment
+        for old in onnx_dir.glob("model*.onnx*"):
+            old.unlink()
+        for new in staging.glob("model*.onnx*"):
+            shutil.copy2(new, onnx_dir / new.name)
+        shutil.copy2(staging / "genai_config.json", onnx_dir / "genai_config.json")
+        choice["chosen"] = "genai-builder"
+        choice["reason"] = (
+            f"the GenAI builder's graph decodes faster ({rates['genai-builder']} vs {rates['optimum']} tokens/s, "
+            f"{rates['genai-builder'] / rates['optimum']:.2f}x) and passed the same gates"
+        )
+        ctx.metrics["validation"] = {**ctx.metrics["validation"], **figures, "graph": "genai-builder"}
+        return built_deployment
+
+    def builder_unusable(self, ir: ModelIR, ctx: PassContext) -> str | None:
+        """Why the GenAI builder route is not tried here, or None."""
+        if ctx.target.name == "gpu":
+            return "not tried: the builder route is measured on CPU targets only (gpu ships Optimum's fp16 graph)"
+        if ir.adapter.genai_model_type(ir.config) is None:
+            return f"not tried: ONNX Runtime GenAI has no builder for {ir.config.model_type}"
+        available, why = builder_available()
+        return None if available else f"not tried: {why}"
 
     # ---- steps --------------------------------------------------------------------------------
     def checker(self, ir: ModelIR, ctx: PassContext, task: str) -> Checker:
@@ -254,62 +372,7 @@ class Export(Pass):
             problems.append(f"greedy generation differs from PyTorch ({figures['generation_identical']} identical)")
         return problems
 
-    def quantized(self, kind: str, ctx: PassContext, onnx_dir, checker: Checker, fp32_outputs, model) -> dict:
-        """Quantize as the target asks; keep the file only if it passes its gate against the fp32 student."""
-        if kind == "none":
-            return {"kind": "none"}
-        target = ctx.target
-        source = onnx_dir / "model.onnx"
-        if kind == "int8":
-            out = onnx_dir / "model_int8.onnx"
-            quantize_int8(source, out, **target.quant_settings())
-            session = open_session(out, target.available_providers(), target.session_options())
-            figures = checker.compare(checker.outputs(session), fp32_outputs)
-            if checker.task == "feature-extraction":
-                ok = figures["mean_embedding_cosine"] >= target.int8_min_cosine
-                gate = (
-                    f"mean embedding cosine to fp32 {figures['mean_embedding_cosine']:.4f} >= {target.int8_min_cosine}"
-                )
-            else:
-                ok = figures["top1_agreement"] >= target.int8_min_top1
-                gate = f"top-1 agreement with fp32 {figures['top1_agreement']:.4f} >= {target.int8_min_top1}"
-            result = {
-                "kind": "int8",
-                "file": out.name,
-                "passed": ok,
-                "gate": gate if ok else gate.replace(">=", "<"),
-                "settings": target.quant_settings(),
-                "bytes": file_bytes(onnx_dir, out.name),
-                **figures,
-            }
-            if not ok:
-                out.unlink()
-                result["reason"] = f"int8 model failed its accuracy gate ({result['gate']}): the fp32 model ships"
-            return result
-        out = onnx_dir / "model_fp16.onnx"
-        convert_fp16(source, out)
-        result = {"kind": "fp16", "file": out.name, "bytes": file_bytes(onnx_dir, out.name)}
-        try:
-            session = open_session(out, target.available_providers(), target.session_options())
-            figures = checker.compare(checker.outputs(session), fp32_outputs)
-        except Exception as exc:  # the CPU provider lacks some fp16 kernels: say so, do not pretend
-            result.update(
-                {
-                    "passed": True,
-                    "validated": False,
-                    "reason": f"fp16 model could not run on {', '.join(target.available_providers())} here "
-                    f"({type(exc).__name__}: {str(exc)[:160]}); not validated on this machine",
-                }
-            )
-            return result
-        ok = figures["max_abs_diff"] <= target.tolerance("fp16") and figures.get("top1_agreement", 1.0) >= 0.99
-        result.update({"passed": ok, "validated": True, "providers": session.get_providers(), **figures})
-        if not ok:
-            out.unlink()
-            result["reason"] = "fp16 model disagrees with fp32 beyond the fp16 tolerance: the fp32 model ships"
-        return result
 
-
-def file_bytes(directory, name: str) -> int:
-    """Size of an ONNX graph plus its external-data file, if any."""
-    return sum(f.stat().st_size for f in directory.glob(f"{name}*") if f.is_file())
+def parameter_bytes(model) -> int:
+    """Bytes of the model's parameters, each tied tensor counted once (what an fp32 file must hold)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())

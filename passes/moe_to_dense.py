@@ -168,7 +168,7 @@ def check_uniform_moe(ir: ModelIR) -> None:
 @torch.no_grad()
 def speed(moe: torch.nn.Module, dense: torch.nn.Module, ids: torch.Tensor, runs: int) -> dict:
     """Tokens/s of a full forward over the same batch, MoE vs dense, eager PyTorch (median of `runs`)."""
-    from compressor.onnx_bench import timed
+    from compressor.onnx.bench import timed
 
     moe_s = statistics.median(timed(lambda: moe(input_ids=ids), warmup=1, runs=runs))
     dense_s = statistics.median(timed(lambda: dense(input_ids=ids), warmup=1, runs=runs))

@@ -1,8 +1,9 @@
 """A deployment target: where the student will run, as data plus a hardware probe and a measurement (DESIGN §5).
 
 The target decides ONNX Runtime execution providers, the export dtype, graph optimization, the quantization
-choice and its accuracy gate, validation tolerances per dtype, session options, the default budget, and how
-speed is measured there. A target whose hardware is absent still exports; it says so instead of pretending.
+choice (weight-only block quantization for causal LMs, dynamic int8 or fp16 otherwise) and its accuracy gate,
+validation tolerances per dtype, session options, the default budget, and how speed is measured there. A
+target whose hardware is absent still exports; it says so instead of pretending.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class Target:
     int8_min_top1: float = 0.9  # int8 vs fp32 student, causal LMs and classifiers
     throughput_batch: int = 16
     latency_seq: int = 128
+    # causal LMs: weight-only variants tried smallest first; the first that passes the LM gate ships (issue 14)
+    lm_weight_only: tuple[str, ...] = ()
+    weight_only_accuracy_level: int = 4  # MatMulNBits compute: 4 = int8 activations (fast on CPUs), 0 = as input
 
     def hardware(self) -> tuple[bool, str]:
         """Whether this machine has the target's hardware, and why not when it lacks it."""
@@ -74,8 +78,8 @@ class Target:
         available, why = self.hardware()
         if not available:
             return {"measured": False, "reason": why}
-        from compressor.onnx_bench import measure_session
-        from compressor.onnx_check import open_session
+        from compressor.onnx.bench import measure_session
+        from compressor.onnx.check import open_session
 
         session = open_session(onnx_file, self.available_providers(), self.session_options())
         figures = measure_session(session, causal, vocab, self.latency_seq, self.throughput_batch, runs=runs)

@@ -38,8 +38,8 @@ class GpuTarget(Target):
         import numpy as np
         import onnxruntime as ort
 
-        from compressor.onnx_bench import encoder_feeds, summary, timed, token_ids
-        from compressor.onnx_check import open_session
+        from compressor.onnx.bench import encoder_feeds, summary, timed, token_ids
+        from compressor.onnx.check import open_session
 
         session = open_session(onnx_file, self.available_providers(), self.session_options())
 

@@ -62,28 +62,43 @@ def test_gpu_target_without_cuda_exports_and_says_what_it_could_not_do(tiny_dirs
 def test_every_task_optimizes_and_quantizes_behind_a_gate(tiny_dirs, model_type, target, tmp_path):
     ir = ModelIR.load(tiny_dirs[model_type])
     ctx = context(ir, tmp_path, target)
-    Export(ExportConfig(generation_prompts=2, generation_tokens=8)).run(ir, ctx)
+    Export(ExportConfig(generation_prompts=2, generation_tokens=8, graph="optimum")).run(ir, ctx)
     onnx_dir = tmp_path / "artifacts" / "onnx"
     assert ctx.metrics["validation"]["passed"]
     assert "optimizer" in ctx.metrics["optimization"] or "reason" in ctx.metrics["optimization"]
     quant = ctx.metrics["quantization"]
-    assert quant["kind"] == "int8"
-    assert quant["passed"] == (onnx_dir / "model_int8.onnx").exists()
+    expected = get_target(target).lm_weight_only if model_type != "bert" else ("int8",)
+    assert quant["kind"] in expected
+    assert quant["passed"] == (onnx_dir / quant["file"]).exists()
+    for tried in ctx.metrics["quantization_tried"][:-1]:  # every candidate before the shipped one failed
+        assert not tried["passed"] and not (onnx_dir / tried["file"]).exists()
     if quant["passed"]:
-        assert (
-            ctx.metrics["deploy_file"] == "model_int8.onnx" and quant["bytes"] < ctx.metrics["validation"]["onnx_bytes"]
-        )
+        assert ctx.metrics["deploy_file"] == quant["file"] and quant["bytes"] < ctx.metrics["validation"]["onnx_bytes"]
     else:
-        assert ctx.metrics["deploy_file"] == "model.onnx" and "fp32 model ships" in quant["reason"]
+        assert ctx.metrics["deploy_file"] == "model.onnx" and "not shipped" in quant["reason"]
+    if model_type != "bert":
+        assert "perplexity_increase" in quant and "mean_kl" in quant and "top1_agreement" in quant
 
 
-def test_failed_int8_gate_ships_fp32_and_says_why(tiny_dirs, tmp_path):
+def test_failed_lm_gate_ships_fp32_and_says_why(tiny_dirs, tmp_path):
     ir = ModelIR.load(tiny_dirs["llama"])
-    strict = dataclasses.replace(get_target("cpu"), int8_min_top1=1.01)
+    ctx = context(ir, tmp_path)
+    config = ExportConfig(generation_prompts=1, generation_tokens=4, max_perplexity_increase=0.0, graph="optimum")
+    Export(config).run(ir, ctx)
+    tried = ctx.metrics["quantization_tried"]
+    assert [t["kind"] for t in tried] == list(get_target("cpu").lm_weight_only)  # all tried, smallest first
+    assert all(not t["passed"] and "not shipped" in t["reason"] for t in tried)
+    assert ctx.metrics["deploy_file"] == "model.onnx"
+    assert sorted(p.name for p in (tmp_path / "artifacts" / "onnx").glob("model*.onnx")) == ["model.onnx"]
+
+
+def test_failed_int8_gate_ships_fp32_for_an_encoder(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["bert"])
+    strict = dataclasses.replace(get_target("cpu"), int8_min_cosine=1.01)
     ctx = context(ir, tmp_path, strict)
-    Export(ExportConfig(generation_prompts=1, generation_tokens=4)).run(ir, ctx)
+    Export(ExportConfig()).run(ir, ctx)
     quant = ctx.metrics["quantization"]
-    assert not quant["passed"] and "fp32 model ships" in quant["reason"]
+    assert not quant["passed"] and "not shipped" in quant["reason"]
     assert ctx.metrics["deploy_file"] == "model.onnx"
     assert not (tmp_path / "artifacts" / "onnx" / "model_int8.onnx").exists()
 
@@ -117,3 +132,55 @@ def test_packaged_minilm_student_keeps_int8_with_cosine_above_099(tmp_path):
     assert ctx.metrics["optimization"]["applied"]
     assert quant["passed"] and quant["mean_embedding_cosine"] >= 0.99
     assert ctx.metrics["deploy_file"] == "model_int8.onnx"
+
+
+def test_a_broken_quantized_model_is_dropped_with_the_reason_in_the_report(tiny_dirs, tmp_path, monkeypatch):
+    """Fail closed: a weight-only model whose block scales were corrupted must not ship."""
+    import onnx
+    from onnx import numpy_helper
+
+    import passes.export_variants as variants
+    from compressor.deploy_report import deployment_lines
+
+    real = variants.write_variant
+
+    def broken(name, source, onnx_dir, target):
+        file, settings = real(name, source, onnx_dir, target)
+        model = onnx.load(str(file))
+        for init in model.graph.initializer:
+            if init.name.endswith("_scales"):
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * -3.0, init.name))
+        onnx.save(model, str(file))
+        return file, settings
+
+    monkeypatch.setattr(variants, "write_variant", broken)
+    ir = ModelIR.load(tiny_dirs["qwen2"])
+    ctx = context(ir, tmp_path)
+    Export(ExportConfig(quantize="int4", graph="optimum", generation_prompts=1, generation_tokens=4)).run(ir, ctx)
+    (quant,) = ctx.metrics["quantization_tried"]
+    assert not quant["passed"] and quant["perplexity_increase"] > 0.03
+    assert ctx.metrics["deploy_file"] == "model.onnx"
+    assert not (tmp_path / "artifacts" / "onnx" / "model_int4.onnx").exists()
+    keys = ("quantization", "quantization_tried", "deploy_file", "tied_weights", "graph", "genai")
+    text = "\n".join(deployment_lines({k: ctx.metrics.get(k) for k in keys}))
+    assert "int4 model failed its accuracy gate (held-out perplexity" in text and "| dropped |" in text
+    assert "Deploy file: `onnx/model.onnx`" in text
+
+
+def test_an_explicit_list_keeps_every_passing_variant_and_ships_the_smallest(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["qwen2"])
+    ctx = context(ir, tmp_path)
+    config = ExportConfig(quantize=["int8w", "int4", "fp32"], graph="optimum", generation_prompts=1)
+    Export(config).run(ir, ctx)
+    tried = {t["kind"]: t for t in ctx.metrics["quantization_tried"]}
+    assert set(tried) == {"int8w", "int4"}
+    kept = [t for t in tried.values() if t["passed"]]
+    onnx_dir = tmp_path / "artifacts" / "onnx"
+    assert all((onnx_dir / t["file"]).exists() for t in kept)
+    if kept:
+        assert ctx.metrics["deploy_file"] == min(kept, key=lambda t: t["bytes"])["file"]
+
+
+def test_an_unknown_quantization_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown quantization 'int3'"):
+        ExportConfig(quantize=["int4", "int3"])

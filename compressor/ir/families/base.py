@@ -96,6 +96,17 @@ class FamilyAdapter(ABC):
         """Whether the checkpoint is a sequence classifier (distilled on class logits, exported as such)."""
         return False
 
+    def genai_model_type(self, config) -> str | None:
+        """The `model.type` ONNX Runtime GenAI knows this checkpoint as, or None when it has no such decoder."""
+        return None
+
+    def attention_shape(self, config) -> tuple[int, int, int]:
+        """(query heads, kv heads, head size) of the attention, as a runtime sizing its KV cache needs them."""
+        heads = int(config.num_attention_heads)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+        return heads, kv_heads, head_dim
+
     # ---- graph --------------------------------------------------------------------------------
     @abstractmethod
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:

@@ -54,6 +54,10 @@ class LlamaAdapter(FamilyAdapter):
 
         return AutoModelForCausalLM._model_mapping[type(config)]
 
+    def genai_model_type(self, config) -> str | None:
+        """ONNX Runtime GenAI runs these four decoders under their own model_type names."""
+        return config.model_type
+
     # ---- dimensions -----------------------------------------------------------------------------
     @staticmethod
     def head_dim(config) -> int:

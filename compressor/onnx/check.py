@@ -31,13 +31,27 @@ def input_names(session) -> set[str]:
 
 
 def empty_past(session, batch: int) -> dict[str, np.ndarray]:
-    """Zero-length past_key_values inputs shaped from the session's own input metadata."""
+    """Zero-length past_key_values inputs shaped from the session's own input metadata (a graph that leaves the
+    head size symbolic, as ONNX Runtime GenAI's builder does, has it in the genai_config.json beside it)."""
     feeds = {}
     for spec in session.get_inputs():
         if spec.name.startswith("past_key_values"):
             _, heads, _, head_dim = spec.shape
+            head_dim = head_dim if isinstance(head_dim, int) else genai_head_size(session)
             feeds[spec.name] = np.zeros((batch, heads, 0, head_dim), dtype=ORT_TO_NUMPY[spec.type])
     return feeds
+
+
+def genai_head_size(session) -> int:
+    import json
+
+    config = Path(session._model_path).parent / "genai_config.json"
+    try:
+        return int(json.loads(config.read_text())["model"]["decoder"]["head_size"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(
+            f"{session._model_path}: the KV cache head size is symbolic and {config} does not give it"
+        ) from exc
 
 
 def lm_step(session, ids: np.ndarray, past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict]:
@@ -57,10 +71,21 @@ def lm_step(session, ids: np.ndarray, past: dict[str, np.ndarray], past_len: int
 
 
 def lm_logits(session, ids: np.ndarray, prefill: int) -> np.ndarray:
-    """Logits for every position: prefill `ids[:, :prefill]`, then the rest through the returned cache."""
-    first, past = lm_step(session, ids[:, :prefill], empty_past(session, ids.shape[0]), 0)
-    second, _ = lm_step(session, ids[:, prefill:], past, prefill)
-    return np.concatenate([first, second], axis=1).astype(np.float32)
+    """Logits for every position: prefill `ids[:, :prefill]`, then the rest through the returned cache.
+
+    One sequence at a time: a continuation of several tokens over a cache is what chunked prefill and
+    speculative decoding do, and graphs built for decoding (GroupQueryAttention) accept it only at batch 1."""
+    rows = []
+    for row in ids:
+        first, past = lm_step(session, row[None, :prefill], empty_past(session, 1), 0)
+        second, _ = lm_step(session, row[None, prefill:], past, prefill)
+        rows.append(np.concatenate([first, second], axis=1))
+    return np.concatenate(rows, axis=0).astype(np.float32)
+
+
+def prefill_logits(session, ids: np.ndarray) -> np.ndarray:
+    """Logits for every position of `ids` in one prefill from an empty cache."""
+    return lm_step(session, ids, empty_past(session, ids.shape[0]), 0)[0].astype(np.float32)
 
 
 def greedy_tokens(session, prompt: np.ndarray, new_tokens: int) -> list[int]:

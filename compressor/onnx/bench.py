@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from compressor.onnx_check import empty_past, input_names, lm_step
+from compressor.onnx.check import empty_past, input_names, lm_step
 
 
 def timed(fn: Callable[[], object], warmup: int, runs: int) -> list[float]:

@@ -518,6 +518,8 @@ def bench(
     import torch
 
     from compressor.onnx.bench import measure_torch
+    from compressor.onnx.decode import torch_decode_speed
+    from compressor.onnx.variants import FILE_NAMES
 
     target_obj = get_target(target)
     run_dir = Path(student)
@@ -565,11 +567,15 @@ def bench(
             }
         else:
             files = {"teacher_onnx": teacher_onnx / "model.onnx", **files}
-        for name in ("model_int8.onnx", "model_fp16.onnx"):
-            if (student_onnx / name).exists():
-                files[f"student_onnx_{name[6:-5]}"] = student_onnx / name
+        for kind, name in FILE_NAMES.items():
+            if kind != "fp32" and (student_onnx / name).exists():
+                files[f"student_onnx_{kind}"] = student_onnx / name
         for name, file in files.items():
             variants[name] = {**target_obj.measure(file, causal, vocab, runs), "bytes": file.stat().st_size}
+            if causal and available:
+                variants[name]["decode"] = target_obj.decode(file, vocab)
+        if causal and available:
+            variants["teacher_pytorch"]["decode"] = torch_decode_speed(model, vocab)
     result = summarize_bench(variants, teacher_ir, student_ir, target_obj, runs)
     destination = run_dir if (is_run and not out) else Path(out)
     write_bench(result, destination, is_run and not out, overwrite)
@@ -597,9 +603,9 @@ def summarize_bench(variants: dict, teacher_ir: ModelIR, student_ir: ModelIR, ta
         result["speedup_fp32"] = variants["student_onnx_fp32"].get("speedup")
         result["speedup_over_flops_ratio"] = round(result["speedup_fp32"] / flops_ratio, 3)
         result["ideal_student_ms"] = round(base / flops_ratio, 3)
-        for kind in ("int8", "fp16"):
-            if f"student_onnx_{kind}" in variants:
-                result[f"speedup_{kind}"] = variants[f"student_onnx_{kind}"].get("speedup")
+        for name, variant in variants.items():
+            if name.startswith("student_onnx_") and name != "student_onnx_fp32":
+                result[f"speedup_{name.removeprefix('student_onnx_')}"] = variant.get("speedup")
     else:
         result["note"] = f"not measured: {reference.get('reason')}"
     return result

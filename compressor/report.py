@@ -326,6 +326,18 @@ def bench_section(bench: dict | None) -> list[str]:
         + ".",
         "",
     ]
+    decoding = [(name, v["decode"]) for name, v in bench["variants"].items() if v.get("decode")]
+    if decoding:
+        first = decoding[0][1]
+        lines += [
+            f"Greedy decoding with the KV cache, batch 1, prompt {first['prompt_tokens']}, "
+            f"{first['new_tokens']} new tokens:",
+            "",
+            "| variant | decode tokens/s | time to first token ms |",
+            "|---|---|---|",
+            *[f"| {name} | {d['decode_tokens_per_s']} | {d['time_to_first_token_ms']} |" for name, d in decoding],
+            "",
+        ]
     if bench.get("plot"):
         lines += [f"![speed]({bench['plot']})", ""]
     return lines

@@ -34,6 +34,24 @@ def measure_run_speed(
     result.update({"measured": True, "teacher": {"runtime": f"PyTorch eager ({device})", **teacher}})
     result["student"] = {"runtime": f"ONNX Runtime ({', '.join(student['providers'])})", **student}
     result["speedup"] = speedups(teacher, student, causal)
+    if causal:
+        result["decode"] = decode_speeds(teacher_model, deploy_file, target, vocab)
+    return result
+
+
+def decode_speeds(teacher_model, deploy_file: Path, target, vocab: int) -> dict:
+    """Greedy decoding with the KV cache at batch 1 (issue 14 §4): teacher PyTorch, the fp32 ONNX student and
+    the shipped file when it is another (a quantized variant)."""
+    from compressor.onnx.check import open_session
+    from compressor.onnx.decode import onnx_decode_speed, torch_decode_speed
+
+    files = {"student_fp32": deploy_file.with_name("model.onnx")}
+    if deploy_file.name != "model.onnx":
+        files["student_shipped"] = deploy_file
+    result = {"teacher": torch_decode_speed(teacher_model, vocab)}
+    for name, file in files.items():
+        session = open_session(file, target.available_providers(), target.session_options())
+        result[name] = {"file": file.name, **onnx_decode_speed(session, vocab)}
     return result
 
 
@@ -65,6 +83,28 @@ def speed_rows(speed: dict | None) -> list[str]:
         rows.append(
             f"| per-token latency p50, cache of {speed['seq']} (ms) | {t['per_token']['p50_ms']} "
             f"| {s['per_token']['p50_ms']} | **{up['per_token']}× faster** |"
+        )
+    return rows + decode_rows(speed.get("decode"))
+
+
+def decode_rows(decode: dict | None) -> list[str]:
+    """Decode tokens/s and time to first token: teacher vs the shipped student (and the fp32 student beside it)."""
+    if not decode:
+        return []
+    teacher = decode["teacher"]
+    shipped = decode.get("student_shipped") or decode["student_fp32"]
+    what = f"batch 1, prompt {teacher['prompt_tokens']}, {teacher['new_tokens']} new"
+    rows = [
+        f"| decode tokens/s, {what} | {teacher['decode_tokens_per_s']} | {shipped['decode_tokens_per_s']} "
+        f"| **{shipped['decode_tokens_per_s'] / teacher['decode_tokens_per_s']:.2f}×** |",
+        f"| time to first token (ms) | {teacher['time_to_first_token_ms']} | {shipped['time_to_first_token_ms']} "
+        f"| {teacher['time_to_first_token_ms'] / shipped['time_to_first_token_ms']:.2f}× faster |",
+    ]
+    if "student_shipped" in decode:
+        fp32 = decode["student_fp32"]
+        rows.append(
+            f"| decode tokens/s of the fp32 ONNX student | | {fp32['decode_tokens_per_s']} "
+            f"| shipped {shipped['file']} is {shipped['decode_tokens_per_s'] / fp32['decode_tokens_per_s']:.2f}× it |"
         )
     return rows
 

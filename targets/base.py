@@ -90,6 +90,13 @@ class Target:
             **figures,
         }
 
+    def decode(self, onnx_file: Path, vocab: int) -> dict:
+        """Greedy decoding speed of a causal-LM ONNX file on this target (batch 1, prompt 128, 128 new tokens)."""
+        from compressor.onnx.check import open_session
+        from compressor.onnx.decode import onnx_decode_speed
+
+        return onnx_decode_speed(open_session(onnx_file, self.available_providers(), self.session_options()), vocab)
+
     def as_dict(self) -> dict:
         available, why = self.hardware()
         return {**asdict(self), "hardware_available": available, "hardware_note": why}

@@ -135,6 +135,16 @@ def test_stories260k_student_is_a_validated_kv_cache_onnx(capsys, tmp_path):
     assert report["onnx"]["task"] == "text-generation-with-past"
     teacher_ppl, student_ppl = report["quality"]["teacher"]["perplexity"], report["quality"]["student"]["perplexity"]
     assert student_ppl > teacher_ppl > 1  # 5 steps cannot recover what dropping 2 of 5 layers lost
+    decode = report["speed"]["decode"]  # issue 14: decode speed of the teacher and the shipped student
+    assert decode["teacher"]["decode_tokens_per_s"] > 0 and decode["student_fp32"]["decode_tokens_per_s"] > 0
+    assert decode["teacher"]["prompt_tokens"] == 128 and decode["teacher"]["new_tokens"] == 128
+    deployment = report["deployment"]
+    assert deployment["quantization"]["kind"] in ("int4-b128", "int4", "int4-hqq", "int8w")
+    assert (out / "onnx" / "genai_config.json").exists() and deployment["genai"]["model_file"] == deployment[
+        "deploy_file"
+    ]
+    text = (out / "REPORT.md").read_text()
+    assert "decode tokens/s" in text and "| variant | size | gate | result |" in text
 
 
 def test_default_run_compresses_the_packaged_minilm(capsys, tmp_path, monkeypatch):
@@ -168,6 +178,21 @@ def test_bench_adds_speed_figures_to_the_run(capsys, tmp_path, tiny_dirs):
     assert {"teacher_pytorch", "teacher_onnx", "student_onnx_fp32"} <= set(bench["variants"])
     assert bench["variants"]["teacher_onnx"]["speedup"] == 1.0
     assert "## Speed" in (out / "REPORT.md").read_text() and (out / "plots" / "bench.png").exists()
+
+
+def test_bench_of_a_language_model_times_decoding_of_every_variant(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["qwen2"], "--budget", "0.67", "--steps", "2", "--out", out, "--quiet", "--no-bench"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    code, _, err = run(capsys, "bench", tiny_dirs["qwen2"], out, "--runs", "3", "--quiet")
+    assert code == 0, err
+    variants = json.loads((out / "report.json").read_text())["bench"]["variants"]
+    deploy = json.loads((out / "report.json").read_text())["deployment"]["deploy_file"]
+    assert all(v["decode"]["decode_tokens_per_s"] > 0 for v in variants.values())
+    shipped = [name for name in variants if name.startswith("student_onnx_") and name != "student_onnx_fp32"]
+    assert len(shipped) == (deploy != "model.onnx")
+    assert "Greedy decoding with the KV cache" in (out / "REPORT.md").read_text()
 
 
 def distill_metrics(out):

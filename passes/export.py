@@ -48,6 +48,7 @@ from passes.base import Pass, PassConfig, PassContext, register
 from passes.export_variants import graph_bytes as file_bytes
 from passes.export_variants import quantize_variants
 
+GQA_HEAD_MULTIPLE = 16  # onnxruntime's CPU GroupQueryAttention refuses other head sizes at run time
 Task = Literal["auto", "text-generation-with-past", "feature-extraction", "text-classification"]
 
 
@@ -283,6 +284,12 @@ class Export(Pass):
             return "not tried: the builder route is measured on CPU targets only (gpu ships Optimum's fp16 graph)"
         if ir.adapter.genai_model_type(ir.config) is None:
             return f"not tried: ONNX Runtime GenAI has no builder for {ir.config.model_type}"
+        head_size = ir.adapter.attention_shape(ir.config)[2]
+        if head_size % GQA_HEAD_MULTIPLE:
+            return (
+                f"not tried: its GroupQueryAttention kernel needs a head size that is a multiple of "
+                f"{GQA_HEAD_MULTIPLE} (this student's is {head_size})"
+            )
         available, why = builder_available()
         return None if available else f"not tried: {why}"
 

@@ -38,6 +38,6 @@ CPU = Target(
     intra_op_threads=None,
     default_budget=0.5,
     quant_per_channel=True,
-    lm_weight_only=("int4-b128", "int4", "int4-hqq", "int8w"),
+    lm_weight_only=("int4-b128", "int4", "int4-h8", "int8w"),
     quant_reduce_range=not has_vnni(),
 )

@@ -12,7 +12,7 @@ EDGE = Target(
     intra_op_threads=1,
     default_budget=0.34,
     quant_per_channel=True,
-    lm_weight_only=("int4-b128", "int4", "int4-hqq", "int8w"),
+    lm_weight_only=("int4-b128", "int4", "int4-h8", "int8w"),
     quant_reduce_range=False,
     throughput_batch=16,
 )

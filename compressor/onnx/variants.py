@@ -1,6 +1,6 @@
 """The quantized variants an export can write beside the fp32 `model.onnx`, by name.
 
-- `int4`, `int4-b128`, `int4-hqq`, `int8w`: weight-only block quantization (`MatMulNBits`), the LLM way;
+- `int4`, `int4-b128`, `int4-h8`, `int4-hqq`, `int8w`: weight-only block quantization (`MatMulNBits`), the LLM way;
 - `int8`: dynamic int8 of every MatMul (weights and, at run time, activations), the encoder way;
 - `fp16`: half-precision weights and compute for GPUs;
 - `fp32`: the validated `model.onnx` itself (listing it lets it be the deploy file when nothing smaller passes).

@@ -9,6 +9,7 @@ A scheme names the bits, block size, algorithm and what happens to the embedding
 - `rtn`: onnxruntime's blockwise affine round-to-nearest (asymmetric, zero points per block);
 - `hqq`: Half-Quadratic Quantization (Badri & Shaji 2023), which optimises scales and zero points per block to
   minimise a sparsity-promoting weight error; no calibration data needed, better than RTN at 4 bits;
+- `int4-h8`: int4 blocks everywhere but the LM head, which keeps 8 bits (the head is the most sensitive matrix);
 - embeddings: the token table is a Gather; it is quantized to int4 blocks (`GatherBlockQuantized`) when the
   scheme says so, else kept fp32. The tied LM head is a MatMul and follows the scheme's bits; its transpose,
   which the fp32 graph reads through a Transpose node to store it once, is made a constant first.
@@ -44,7 +45,6 @@ SCHEMES: dict[str, WeightOnlyScheme] = {
         WeightOnlyScheme("int4-hqq", 4, 32, "hqq", True),
         WeightOnlyScheme("int8w", 8, 32, "rtn", True),
         WeightOnlyScheme("int4-h8", 4, 32, "rtn", True, head_bits=8),
-        WeightOnlyScheme("int4-hqq0", 4, 32, "hqq", True),
     )
 }
 

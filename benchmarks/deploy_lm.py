@@ -131,6 +131,28 @@ def variants_of(graph: Path, ids, vocab: int) -> dict:
     return result
 
 
+def genai_speeds(onnx_dir: Path, files: list[str], work: Path, vocab: int) -> dict:
+    """Decode speed of each file through ONNX Runtime GenAI with the folder's genai_config.json (a folder of links
+    per file, the config pointing at it)."""
+    from compressor.onnx.decode import genai_decode_speed
+
+    config = json.loads((onnx_dir / "genai_config.json").read_text())
+    result = {}
+    for name in files:
+        folder = work / f"genai-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        (folder / name).symlink_to((onnx_dir / name).resolve())
+        config["model"]["decoder"]["filename"] = name
+        (folder / "genai_config.json").write_text(json.dumps(config))
+        try:
+            result[name] = genai_decode_speed(folder, vocab)
+        except Exception as exc:  # the runtime may refuse a graph: say so beside the other figures
+            result[name] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        print(f"  genai runtime {name}: {result[name]}", file=sys.stderr, flush=True)
+    return result
+
+
 def model_entry(name: str, teacher: Path, budget: float, data: str, held_out: str | None, steps: int, work: Path):
     from compressor.data import lm_blocks
     from compressor.ir import ModelIR
@@ -162,6 +184,8 @@ def model_entry(name: str, teacher: Path, budget: float, data: str, held_out: st
         },
         "variants": {graph_name: variants_of(graph, ids, vocab) for graph_name, graph in graphs.items()},
     }
+    files = sorted({"model.onnx", deployment["deploy_file"]})
+    entry["shipped"]["genai_runtime_decode"] = genai_speeds(out / "onnx", files, work / f"{name}-genai", vocab)
     if "genai-builder" not in graphs:
         entry["genai_builder"] = "not built for this student (see stderr); Optimum's graph only"
     optimum_fp32 = entry["variants"]["optimum"]["fp32"]

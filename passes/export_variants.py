@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.data import builtin_documents, lm_blocks
+from compressor.kd.train import say
 from compressor.onnx.check import open_session, prefill_logits
 from compressor.onnx.lm_gate import lm_gate_figures, lm_gate_verdict
 from compressor.onnx.variants import write_variant
@@ -116,6 +117,8 @@ def quantize_variants(cfg, causal: bool, ctx, onnx_dir: Path, checker, fp32_sess
     for name in names:
         gate = fp16_judge(checker, fp32_session, ctx.target) if name == "fp16" else judge
         result = write_and_judge(name, onnx_dir, ctx.target, gate)
+        verdict = "passes" if result.get("passed") else "dropped"
+        say(f"export: {name} {verdict}: {result.get('gate') or result.get('reason', '')}", "dim")
         tried.append(result)
         if result.get("passed") and not keep_all:
             break

@@ -121,3 +121,34 @@ def torch_decode_speed(model, vocab: int, **kwargs) -> dict:
         "runtime": f"PyTorch eager ({device}, {next(model.parameters()).dtype})".replace("torch.", ""),
         **decode_speed(lambda p, n: torch_generate(model, p, n), vocab, **kwargs),
     }
+
+
+def genai_generate(model, prompt: np.ndarray, new_tokens: int) -> tuple[list[int], float, float]:
+    """The same greedy loop in ONNX Runtime GenAI (its own KV-cache management; a shared past/present buffer when
+    the genai_config.json asks for one)."""
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    length = prompt.shape[1] + new_tokens
+    params.set_search_options(max_length=length, min_length=length, do_sample=False)
+    generator = og.Generator(model, params)
+    start = time.perf_counter()
+    generator.append_tokens(prompt.astype(np.int32))
+    generator.generate_next_token()
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        generator.generate_next_token()
+    rest = time.perf_counter() - start
+    return [int(t) for t in generator.get_sequence(0)][prompt.shape[1] :], first, rest
+
+
+def genai_decode_speed(onnx_dir, vocab: int, **kwargs) -> dict:
+    """Decode speed of the folder's `genai_config.json` model file through ONNX Runtime GenAI."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    return {
+        "runtime": f"ONNX Runtime GenAI {og.__version__}",
+        **decode_speed(lambda p, n: genai_generate(model, p, n), vocab, **kwargs),
+    }

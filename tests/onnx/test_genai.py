@@ -45,3 +45,16 @@ def test_genai_generates_the_pytorch_greedy_tokens_from_the_shipped_folder(tmp_p
     prompt = [1, 45, 12, 300, 7, 99, 23, 5]
     expected = torch_greedy_tokens(ir.materialize("cpu"), np.array([prompt]), 12)
     assert genai_tokens(tmp_path / "artifacts" / "onnx", prompt, 12) == expected
+
+
+def test_genai_runs_the_shipped_quantized_file_as_onnx_runtime_does(tmp_path):
+    from compressor.onnx.check import greedy_tokens, open_session
+
+    ir = ModelIR.load(tiny_llama(tmp_path / "student"))
+    ctx = pass_context(ir, tmp_path)
+    Export(ExportConfig(generation_prompts=1, generation_tokens=4)).run(ir, ctx)  # the defaults: weight-only, auto
+    deploy = ctx.metrics["deploy_file"]
+    assert deploy != "model.onnx" and ctx.metrics["genai"]["model_file"] == deploy
+    prompt = [1, 45, 12, 300, 7, 99, 23, 5]
+    session = open_session(tmp_path / "artifacts" / "onnx" / deploy, ["CPUExecutionProvider"])
+    assert genai_tokens(tmp_path / "artifacts" / "onnx", prompt, 12) == greedy_tokens(session, np.array([prompt]), 12)

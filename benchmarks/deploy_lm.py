@@ -156,14 +156,13 @@ def genai_speeds(onnx_dir: Path, files: list[str], work: Path, vocab: int) -> di
 def model_entry(name: str, teacher: Path, budget: float, data: str, held_out: str | None, steps: int, work: Path):
     from compressor.data import lm_blocks
     from compressor.ir import ModelIR
+    from passes.base import load_tokenizer
 
     out = work / name
     report = student_run(teacher, out, budget, data, held_out, steps)
     deployment = report["deployment"]
     ir = ModelIR.load(out / "student")
     texts = Path(held_out or data).read_text().splitlines()
-    from passes.base import load_tokenizer
-
     ids = lm_blocks(load_tokenizer(out / "student"), texts if held_out else texts[-2000:], 128, max_blocks=16).numpy()
     graphs = fp32_graphs(out / "student", work / f"{name}-graphs", held_out or data)
     vocab = int(ir.config.vocab_size)
@@ -182,11 +181,16 @@ def model_entry(name: str, teacher: Path, budget: float, data: str, held_out: st
             ],
             "decode": (report.get("speed") or {}).get("decode"),
         },
-        "variants": {graph_name: variants_of(graph, ids, vocab) for graph_name, graph in graphs.items()},
+        "variants": {},
     }
+    for graph_name, graph in graphs.items():
+        try:
+            entry["variants"][graph_name] = variants_of(graph, ids, vocab)
+        except Exception as exc:  # e.g. GroupQueryAttention refuses a head size that is not a multiple of 16
+            entry[f"{graph_name}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     files = sorted({"model.onnx", deployment["deploy_file"]})
     entry["shipped"]["genai_runtime_decode"] = genai_speeds(out / "onnx", files, work / f"{name}-genai", vocab)
-    if "genai-builder" not in graphs:
+    if "genai-builder" not in entry["variants"]:
         entry["genai_builder"] = "not built for this student (see stderr); Optimum's graph only"
     optimum_fp32 = entry["variants"]["optimum"]["fp32"]
     for variants in entry["variants"].values():

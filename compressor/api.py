@@ -35,6 +35,7 @@ from compressor.kd.budget import parse_duration, parse_tokens
 from compressor.kd.classifier import label_ids
 from compressor.kd.train import resolve_device
 from compressor.pipeline import STDERR, PassCache, run_pipeline
+from compressor.quiet import third_party_output
 from compressor.recipe import (
     TRAINING_PASSES,
     Recipe,
@@ -143,6 +144,7 @@ class ModelRequest:
     trust_remote_code: bool = False
     show_progress: bool = True
     bench: bool = True
+    verbose: bool = False  # third-party warnings and logs on stderr too (always in OUT/logs/compress.log)
 
 
 def check_corpus(corpus, task: str, tokenizer) -> None:
@@ -235,7 +237,11 @@ def compress_model(request: ModelRequest) -> dict:
     check_teacher(teacher, teacher_path)
     cache = prepared_cache(request.cache_dir, request.use_cache)
 
-    with atomic_output(out, request.overwrite) as tmp, scratch_directory() as scratch:
+    with (
+        atomic_output(out, request.overwrite) as tmp,
+        scratch_directory() as scratch,
+        third_party_output(tmp / "logs" / "compress.log", request.verbose),
+    ):
         ctx = PassContext(
             teacher=teacher,
             target=target,

@@ -56,6 +56,9 @@ def model(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the pass cache")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="allow the teacher's own Python code to run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="show third-party warnings and logs (always in OUT/logs/compress.log)")
+    ] = False,
     no_bench: Annotated[
         bool, typer.Option("--no-bench", help="skip the quick teacher-vs-student speed measurement")
     ] = False,
@@ -85,40 +88,67 @@ def model(
             trust_remote_code=trust_remote_code,
             show_progress=not quiet,
             bench=not no_bench,
+            verbose=verbose,
         )
     )
     summarize(report)
 
 
+def quality_line(figures: dict) -> str:
+    """`perplexity 7.77, top-1 agreement 0.285` — names and units, not a Python dict."""
+    parts = []
+    for name, value in figures.items():
+        label = name.replace("_", " ")
+        parts.append(f"{label} {value:.4g}" if isinstance(value, float) else f"{label} {value}")
+    return ", ".join(parts) or "—"
+
+
 def summarize(report: dict) -> None:
+    """The closing summary: sizes, quality teacher -> student, measured speed, the deploy file, the report."""
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a path is read, and copied, as one line
     t, s, q = report["teacher"], report["student"], report["quality"]
-    console.print(f"[bold green]done[/] in {report['wall_seconds']} s -> {report['output']}")
+    console.print(f"[bold green]done[/] in {report['wall_seconds']} s")
     console.print(
-        f"params {t['params']:,} -> {s['params']:,} ({report['ratios']['params']}x), "
-        f"FLOPs/token ratio {report['ratios']['flops_per_token']}"
+        f"size: {t['params']:,} -> {s['params']:,} parameters ({report['ratios']['params']}x), "
+        f"FLOPs/token {report['ratios']['flops_per_token']}x"
     )
-    console.print(f"quality: teacher {q['teacher']} student {q['student']} retention {q['retention']}")
+    console.print(f"quality, teacher: {quality_line(q['teacher'])}")
+    console.print(f"quality, student: {quality_line(q['student'])} (retention {q['retention']})")
     speed = report.get("speed") or {}
     if speed.get("measured"):
         up, t, s = speed["speedup"], speed["teacher"], speed["student"]
         console.print(
-            f"speed ({speed['target']}, this machine): {up['latency']}x faster at batch 1 "
+            f"speed ({speed['target']}, measured here): {up['latency']}x faster at batch 1 "
             f"({t['latency']['p50_ms']} -> {s['latency']['p50_ms']} ms), {up['throughput']}x throughput"
             + (f", {up['per_token']}x per token" if "per_token" in up else "")
             + f"; FLOPs alone predict {speed['flops_speedup']}x"
         )
+        decode = speed.get("decode")
+        if decode:
+            shipped = decode.get("student_shipped") or decode["student_fp32"]
+            console.print(
+                f"decoding: {decode['teacher']['decode_tokens_per_s']} -> {shipped['decode_tokens_per_s']} tokens/s "
+                f"(batch 1, prompt {shipped['prompt_tokens']}, {shipped['new_tokens']} new tokens)"
+            )
     elif speed:
         console.print(f"speed: not measured ({speed.get('reason')})")
-    if report.get("onnx"):
+    onnx, deployment = report.get("onnx"), report.get("deployment") or {}
+    if onnx:
+        deploy = deployment.get("deploy_file") or "model.onnx"
+        size = next(
+            (v.get("bytes") for v in deployment.get("quantization_tried") or [] if v.get("file") == deploy), None
+        )
+        size = size or onnx.get("onnx_bytes")
         console.print(
-            f"onnx: validation {'passed' if report['onnx']['passed'] else 'FAILED'}, "
-            f"max abs diff {report['onnx']['max_abs_diff']:.3g}"
+            f"deploy: {report['output']}/onnx/{deploy}"
+            + (f" ({size / 1e6:.1f} MB)" if size else "")
+            + f"; ONNX validation {'passed' if onnx['passed'] else 'FAILED'} (max abs diff {onnx['max_abs_diff']:.3g})"
         )
     if report["cached_passes"]:
         console.print(f"cached passes: {', '.join(report['cached_passes'])}")
+    console.print(f"report: {report['output']}/REPORT.md; library warnings: {report['output']}/logs/compress.log")
 
 
 @app.command()

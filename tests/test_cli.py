@@ -286,12 +286,12 @@ def test_a_classifier_distils_on_its_labels_and_reports_accuracy(capsys, tmp_pat
 
 def test_library_warnings_go_to_the_log_and_the_summary_reads_as_sentences(capsys, tmp_path, tiny_dirs):
     out = tmp_path / "run"
-    args = ["model", tiny_dirs["llama"], "--data", DATA / "tinystories_dev.txt", "--steps", "2", "--out", out]
+    args = ["model", tiny_dirs["qwen2"], "--data", DATA / "tinystories_dev.txt", "--steps", "2", "--out", out]
     code, printed, err = run(capsys, *args, "--quiet", "--no-bench", "--no-cache")
     assert code == 0, err
     noise = [line for line in err.splitlines() if "Warning" in line or "warn(" in line or "deprecated" in line]
     assert noise == []
     log = (out / "logs" / "compress.log").read_text()
-    assert "`torch_dtype` is deprecated" in log  # transformers' own warning, kept in the log
+    assert "Found different candidate ONNX initializers" in log  # Optimum's warning on a tied head, in the log
     assert "{" not in printed and "quality, student: perplexity" in printed
     assert f"deploy: {out}/onnx/" in printed and f"report: {out}/REPORT.md" in printed

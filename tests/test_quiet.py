@@ -30,3 +30,20 @@ def test_verbose_also_shows_them(tmp_path, monkeypatch):
         with third_party_output(tmp_path / "compress.log", verbose=True):
             warnings.warn("visible", RuntimeWarning, stacklevel=1)
     assert seen == ["visible"] and "visible" in (tmp_path / "compress.log").read_text()
+
+
+def test_overlapping_runs_each_get_their_log_and_leave_nothing_behind(tmp_path):
+    """Two runs in threads of one process may end in either order: no handler of theirs may stay attached."""
+    transformers_logger = logging.getLogger("transformers")
+    before = list(transformers_logger.handlers)
+    first, second = third_party_output(tmp_path / "a.log"), third_party_output(tmp_path / "b.log")
+    first.__enter__()
+    second.__enter__()
+    logging.getLogger("transformers.x").warning("both runs see this")
+    first.__exit__(None, None, None)  # the first to start ends first
+    logging.getLogger("transformers.x").warning("only the second run sees this")
+    second.__exit__(None, None, None)
+    assert transformers_logger.handlers == before
+    assert "both runs see this" in (tmp_path / "a.log").read_text()
+    assert "only the second" not in (tmp_path / "a.log").read_text()
+    assert "only the second run sees this" in (tmp_path / "b.log").read_text()

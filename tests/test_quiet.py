@@ -1,12 +1,13 @@
 import logging
 import warnings
 
-from compressor.quiet import third_party_output
+from compressor.quiet import install_library_handlers, third_party_output
 
 
 def test_warnings_and_library_logs_go_to_the_file_and_are_restored(tmp_path, capsys):
     log = tmp_path / "logs" / "compress.log"
     shown = warnings.showwarning
+    install_library_handlers()  # the libraries' own stderr handlers exist before a run, as in a real process
     handlers_before = {name: list(logging.getLogger(name).handlers) for name in ("transformers", "optimum", "")}
     with warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -102,10 +102,15 @@ def install_library_handlers() -> None:
 
 
 def quiet_onnxruntime() -> int | None:
-    """Raise onnxruntime's default log threshold to errors; the previous threshold (2, warnings) to restore."""
-    try:
-        import onnxruntime
-    except ImportError:
+    """Raise onnxruntime's default log threshold to errors when a run has loaded it; the threshold to restore.
+
+    Never imported here: a training process (one rank of several) that loads onnxruntime only to set its log level
+    was seen to abort at exit ("terminate called without an active exception"). Sessions we open get the same
+    threshold through the target's session options."""
+    import sys
+
+    onnxruntime = sys.modules.get("onnxruntime")
+    if onnxruntime is None:
         return None
     onnxruntime.set_default_logger_severity(3)
     return 2

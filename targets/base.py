@@ -69,6 +69,7 @@ class Target:
 
         options = ort.SessionOptions()
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, self.graph_optimization)
+        options.log_severity_level = 3  # errors only: shape-inference warnings are not the user's to read
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads
         return options

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from compressor.data import builtin_documents, encode_sentences, lm_blocks, sentences
+from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import GateError, UserError
 from compressor.ir import ModelIR
 from compressor.kd.train import say
@@ -47,7 +47,7 @@ from compressor.onnx.tied import share_file_weights
 from compressor.onnx.variants import VARIANTS, check_variant
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.export_variants import graph_bytes as file_bytes
-from passes.export_variants import quantize_variants
+from passes.export_variants import held_out_documents, quantize_variants
 
 GQA_HEAD_MULTIPLE = 16  # onnxruntime's CPU GroupQueryAttention refuses other head sizes at run time
 Task = Literal["auto", "text-generation-with-past", "feature-extraction", "text-classification"]
@@ -309,7 +309,7 @@ class Export(Pass):
     # ---- steps --------------------------------------------------------------------------------
     def checker(self, ir: ModelIR, ctx: PassContext, task: str) -> Checker:
         cfg: ExportConfig = self.config
-        docs = list(ctx.corpus.eval) if ctx.corpus else list(builtin_documents()[-200:])
+        docs = held_out_documents(ctx)
         if task.startswith("text-generation"):
             ids = lm_blocks(ctx.tokenizer, docs, cfg.validation_length, max_blocks=cfg.validation_samples)
             return Checker(task, {"input_ids": ids.numpy()}, prefill=cfg.validation_length * 3 // 4)
@@ -356,7 +356,7 @@ class Export(Pass):
         the two candidate tokens differ by no more than twice the fp32 tolerance (both sides may round).
         """
         cfg: ExportConfig = self.config
-        docs = list(ctx.corpus.eval) if ctx.corpus else list(builtin_documents()[-200:])
+        docs = held_out_documents(ctx)
         prompts = lm_blocks(ctx.tokenizer, docs, 8, max_blocks=cfg.generation_prompts).numpy()
         identical, ties, worst = 0, 0, 0.0
         for prompt in prompts:

@@ -39,9 +39,13 @@ def candidates(requested: str | list[str], causal: bool, target) -> tuple[list[s
     return [n for n in names if n != "fp32"], True
 
 
+def held_out_documents(ctx) -> list[str]:
+    """The text every export check reads: the run's held-out share, else the tail of the built-in corpus."""
+    return list(ctx.corpus.eval) if ctx.corpus else list(builtin_documents()[-200:])
+
+
 def lm_gate_ids(ctx, sequences: int, length: int) -> np.ndarray:
-    docs = list(ctx.corpus.eval) if ctx.corpus else list(builtin_documents()[-200:])
-    return lm_blocks(ctx.tokenizer, docs, length, max_blocks=sequences).numpy()
+    return lm_blocks(ctx.tokenizer, held_out_documents(ctx), length, max_blocks=sequences).numpy()
 
 
 def make_judge(causal: bool, cfg, ctx, checker, fp32_session) -> Judge:

@@ -7,6 +7,7 @@ the cache, which must produce exactly PyTorch's tokens. That is what proves the 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -37,21 +38,21 @@ def empty_past(session, batch: int) -> dict[str, np.ndarray]:
     for spec in session.get_inputs():
         if spec.name.startswith("past_key_values"):
             _, heads, _, head_dim = spec.shape
-            head_dim = head_dim if isinstance(head_dim, int) else genai_head_size(session)
+            head_dim = head_dim if isinstance(head_dim, int) else genai_head_size(Path(session._model_path).parent)
             feeds[spec.name] = np.zeros((batch, heads, 0, head_dim), dtype=ORT_TO_NUMPY[spec.type])
     return feeds
 
 
-def genai_head_size(session) -> int:
+@functools.lru_cache(maxsize=32)
+def genai_head_size(folder: Path) -> int:
+    """The head size from the genai_config.json in `folder` (read once per folder, not at every prefill)."""
     import json
 
-    config = Path(session._model_path).parent / "genai_config.json"
+    config = folder / "genai_config.json"
     try:
         return int(json.loads(config.read_text())["model"]["decoder"]["head_size"])
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(
-            f"{session._model_path}: the KV cache head size is symbolic and {config} does not give it"
-        ) from exc
+        raise ValueError(f"{folder}: the KV cache head size is symbolic and {config} does not give it") from exc
 
 
 def lm_step(session, ids: np.ndarray, past: dict[str, np.ndarray], past_len: int) -> tuple[np.ndarray, dict]:

@@ -100,9 +100,3 @@ def share_file_weights(path) -> dict:
         ],
         "bytes_saved": sum(d.bytes for d in duplicates),
     }
-
-
-def initializer_bytes(model) -> int:
-    from onnx import numpy_helper
-
-    return sum(numpy_helper.to_array(init).nbytes for init in model.graph.initializer)

@@ -23,10 +23,6 @@ def check_variant(name: str) -> str:
     return name
 
 
-def is_weight_only(name: str) -> bool:
-    return name in SCHEMES
-
-
 def write_variant(name: str, source: Path, onnx_dir: Path, target) -> tuple[Path, dict]:
     """Write variant `name` of `source` into `onnx_dir`; returns its file and the settings used."""
     from compressor.onnx.optimize import convert_fp16, quantize_int8

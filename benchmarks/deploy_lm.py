@@ -59,11 +59,12 @@ def student_run(teacher: Path, out: Path, budget: float, data: str, held_out: st
 
 def fp32_graphs(student: Path, work: Path, held_out: str) -> dict[str, Path]:
     """model.onnx of the student from Optimum (optimized, tied weights once) and from the GenAI builder."""
+    from compressor.budget import Budget
     from compressor.data import load_corpus
     from compressor.ir import ModelIR
     from compressor.onnx.genai_builder import build_fp32, single_file
     from compressor.onnx.tied import share_file_weights
-    from passes.base import Budget, PassContext
+    from passes.base import PassContext
     from passes.export import Export, ExportConfig
     from targets import get_target
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from compressor.budget import Budget
 from compressor.data import lm_blocks, load_corpus
 from compressor.evaluate import perplexity
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext, load_tokenizer
+from passes.base import PassContext, load_tokenizer
 from passes.distill import Distill, DistillConfig
 from passes.inherit import Inherit, InheritConfig
 from targets import get_target
@@ -55,7 +56,7 @@ def main() -> int:
 
     teacher = ModelIR.load(args.teacher)
     corpus = load_corpus(args.data)
-    tokenizer = load_tokenizer(teacher.source)
+    tokenizer = load_tokenizer(teacher.tokenizer_dir)
     held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     with tempfile.TemporaryDirectory() as scratch:

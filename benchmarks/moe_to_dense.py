@@ -24,10 +24,11 @@ from pathlib import Path
 
 import torch
 
+from compressor.budget import Budget
 from compressor.data import lm_blocks, load_corpus
 from compressor.evaluate import perplexity
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext, load_tokenizer
+from passes.base import PassContext, load_tokenizer
 from passes.distill import Distill, DistillConfig
 from passes.moe_to_dense import MoEToDense, MoEToDenseConfig, speed
 from targets import get_target
@@ -75,7 +76,7 @@ def main() -> int:
     teacher = ModelIR.load(args.fixture / args.family)
     baseline = ModelIR.load(args.fixture / f"dense_{args.family}")
     corpus = load_corpus(args.data)
-    tokenizer = load_tokenizer(teacher.source)
+    tokenizer = load_tokenizer(teacher.tokenizer_dir)
     held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
     moe_model = teacher.materialize()
     moe_ppl = perplexity(moe_model, held)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from compressor.budget import Budget
 from compressor.data import lm_blocks, load_corpus
 from compressor.ir import ModelIR
-from passes.base import Budget, PassContext, load_tokenizer
+from passes.base import PassContext, load_tokenizer
 from passes.distill import Distill, DistillConfig
 from targets import get_target
 
@@ -115,7 +116,7 @@ def main() -> int:
     teacher = ModelIR.load(args.teacher)
     student = teacher.drop_layers([0, 2, 4])
     corpus = load_corpus(args.data)
-    tokenizer = load_tokenizer(teacher.source)
+    tokenizer = load_tokenizer(teacher.tokenizer_dir)
     blocks = lm_blocks(tokenizer, corpus.train, args.seq_len, max_blocks=args.steps * args.batch_size)
     result = {
         "student_layers": 3,

@@ -112,7 +112,7 @@ def with_teacher_lineage(ir: ModelIR, path: Path, teacher: ModelIR | None = None
     lineage = {
         "teacher": {
             "path": str(real(path)),
-            "fingerprint": teacher.fingerprint,
+            "fingerprint": teacher.file_digest,
             "model_type": teacher.config.model_type,
         },
         "passes": [],
@@ -230,7 +230,7 @@ def compress_model(request: ModelRequest) -> dict:
     for step in passes:
         step.check(teacher)
     device = resolve_device(recipe.device)
-    tokenizer = load_tokenizer(teacher.source)
+    tokenizer = load_tokenizer(teacher.tokenizer_dir)
     corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval, text_column=recipe.data.text_column)
     check_corpus(corpus, teacher.task, tokenizer)
     sts_rows = read_sts(recipe.data.sts) if recipe.data.sts else None
@@ -384,7 +384,7 @@ def teacher_of(ir: ModelIR, given: str | None, source: Path, required: bool = Fa
     if real(teacher) == real(source):
         return teacher, ir
     loaded = ModelIR.load(teacher)  # loading computes the fingerprint: the caller gets this IR, not a second load
-    expected, found = recorded.get("fingerprint"), loaded.fingerprint
+    expected, found = recorded.get("fingerprint"), loaded.file_digest
     if expected and found != expected:
         raise UserError(
             f"{source}: the teacher at {teacher} has changed since this model was made from it "

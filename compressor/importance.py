@@ -23,16 +23,10 @@ def block_influence(h_in: torch.Tensor, h_out: torch.Tensor, mask: torch.Tensor 
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
-    """The model's list of transformer layers, found by shape rather than by family-specific attribute names."""
-    count = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if (
-            isinstance(module, torch.nn.ModuleList)
-            and len(module) == count
-            and name.split(".")[-1] in ("layers", "layer")
-        ):
-            return module
-    raise ValueError(f"cannot find the {count} transformer layers of {type(model).__name__}")
+    """The model's transformer layers, as its family adapter finds them."""
+    from compressor.ir.families import adapter_of_model
+
+    return adapter_of_model(model).decoder_layers(model)
 
 
 @torch.no_grad()

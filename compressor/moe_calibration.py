@@ -44,12 +44,12 @@ def routing_weights(
 
 def moe_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The sparse MoE block of every decoder layer, in order (the family adapter knows where it lives)."""
-    from compressor.ir.families import adapter_for
+    from compressor.ir.families import adapter_of_model
 
-    adapter = adapter_for(model.config.model_type)
-    blocks = [adapter.moe_block(layer) for layer in model.model.layers]
+    adapter = adapter_of_model(model)
+    blocks = [adapter.moe_block(layer) for layer in adapter.decoder_layers(model)]
     for index, block in enumerate(blocks):
-        if not (hasattr(block, "gate") and hasattr(block, "experts")):
+        if not adapter.is_sparse(block):
             raise ValueError(f"layer {index} is dense (no router and experts); mixed models are not supported")
     return blocks
 

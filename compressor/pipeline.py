@@ -1,7 +1,7 @@
 """Runs passes in order with a content-addressed cache, so a re-run skips finished work (DESIGN §1.4, §4).
 
-Cache key of a pass = sha256(input IR fingerprint, pass name, validated config, and — where the pass uses
-them — target, data fingerprint, teacher fingerprint, seed). The output IR's fingerprint *is* that key, so
+Cache key of a pass = sha256(input IR identity, pass name, validated config, and — where the pass uses
+them — target, data fingerprint, teacher fingerprint, seed). The output IR carries that key as its `cache_key`, so
 keys chain without hashing tensors (Olive's approach). An entry holds the IR, the pass's artifacts and its
 record, with a manifest of sha256 per file written last; an entry whose files do not match is corrupt and
 is recomputed.
@@ -112,7 +112,7 @@ class PassCache:
 def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:
     parts = {
         "compressor": compressor.__version__,
-        "input": ir.content_fingerprint(),
+        "input": ir.identity(),
         "pass": step.name,
         "config": step.config.model_dump(mode="json"),
         "seed": ctx.seed,
@@ -122,7 +122,7 @@ def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:
     if step.needs_data and ctx.corpus is not None:
         parts["data"] = ctx.corpus.fingerprint
     if step.needs_teacher:
-        parts["teacher"] = ctx.teacher.content_fingerprint()
+        parts["teacher"] = ctx.teacher.identity()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -153,7 +153,7 @@ def run_step(
         STDERR.print(f"[green]{step.name}[/]: cached ({key[:12]})")
         if artifacts.exists():
             shutil.copytree(artifacts, artifacts_out, dirs_exist_ok=True)
-        ir = cached_ir.evolve(fingerprint=key, source=ir.source) if cached_ir is not None else ir
+        ir = cached_ir.evolve(cache_key=key, tokenizer_dir=ir.tokenizer_dir) if cached_ir is not None else ir
         return ir, StepRecord(step.name, record["config"], key, record["seconds"], True, record["metrics"])
     STDERR.print(f"[bold]{step.name}[/]: running")
     step_artifacts = ctx.scratch / f"artifacts-{index}-{step.name}"
@@ -180,7 +180,7 @@ def run_step(
                 "metrics": {k: v for k, v in step_ctx.metrics.items() if k != "loss_curve"},
             },
         ]
-        result = result.evolve(lineage=lineage, fingerprint=key)
+        result = result.evolve(lineage=lineage, cache_key=key)
     if cache:
         cache.store(key, result if step.produces_ir else None, record, step_artifacts)
     if is_main_process():

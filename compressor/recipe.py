@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from compressor.budget import Budget
 from compressor.errors import UserError
-from compressor.kd.budget import parse_duration, parse_tokens
 from passes import get_pass
-from passes.base import Budget, Pass
+from passes.base import Pass
 
 
 class Strict(BaseModel):
@@ -29,29 +29,6 @@ class DataSpec(Strict):
     text_column: str | None = Field(default=None, description="column or field holding the text (tables, datasets)")
 
 
-class BudgetSpec(Strict):
-    layers: float | None = Field(default=None, gt=0, le=1)
-    params: float | None = Field(default=None, gt=0, le=1)
-    train_tokens: int | str | None = Field(default=None, description="training tokens: 2000000, 500k, 12.3M")
-    time: float | str | None = Field(default=None, description="training time: seconds, or 90s, 30m, 1.5h")
-
-    @field_validator("train_tokens", "time")
-    @classmethod
-    def parsed(cls, value, info):
-        """`12.3M` tokens and `30m` durations as users write them; the error names the key."""
-        parse = parse_tokens if info.field_name == "train_tokens" else parse_duration
-        try:
-            return None if value is None else parse(value, f"budget.{info.field_name}")
-        except UserError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
-
-    @model_validator(mode="after")
-    def one_kind(self) -> BudgetSpec:
-        if self.layers is not None and self.params is not None:
-            raise ValueError("give either layers or params, not both")
-        return self
-
-
 class GatesSpec(Strict):
     min_quality_retention: float | None = Field(default=None, gt=0, le=1)
 
@@ -60,14 +37,11 @@ class Recipe(Strict):
     teacher: str | None = None
     target: Literal["cpu", "gpu", "edge"] = "cpu"
     data: DataSpec = DataSpec()
-    budget: BudgetSpec = BudgetSpec()
+    budget: Budget = Budget()
     passes: list[dict[str, dict[str, Any] | None]] = Field(default_factory=list)
     gates: GatesSpec = GatesSpec()
     seed: int = 0
     device: str = "auto"
-
-    def budget_value(self) -> Budget:
-        return Budget(layers=self.budget.layers, params=self.budget.params)
 
 
 def location(loc: tuple) -> str:

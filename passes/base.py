@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from compressor.budget import Budget
 from compressor.data import Corpus
 from compressor.errors import UserError
 from compressor.ir import ModelIR
@@ -19,14 +20,6 @@ class PassConfig(BaseModel):
     """Base of every pass's config: unknown keys are errors, values are validated and frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How small the student must be, as shares of the teacher (None = not constrained)."""
-
-    layers: float | None = None
-    params: float | None = None
 
 
 @dataclass
@@ -60,7 +53,7 @@ class PassContext:
     @property
     def tokenizer(self):
         if "tokenizer" not in self.shared:
-            self.shared["tokenizer"] = load_tokenizer(self.teacher.source)
+            self.shared["tokenizer"] = load_tokenizer(self.teacher.tokenizer_dir)
         return self.shared["tokenizer"]
 
     @property

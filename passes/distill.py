@@ -270,7 +270,10 @@ class Distill(Pass):
         if cfg.teacher_routing == "topk":
             return
         problems = [
-            (ctx.teacher.family != "moe", f"the teacher is {ctx.teacher.config.model_type}, not a mixture of experts"),
+            (
+                not ctx.teacher.adapter.is_moe,
+                f"the teacher is {ctx.teacher.config.model_type}, not a mixture of experts",
+            ),
             (ir.task != "causal-lm", "the student is not a causal LM"),
             (cfg.teacher_signal != "online", "it needs the online teacher (teacher_signal: online)"),
             (cfg.loss == "taid" or cfg.temperature_schedule == "dts", "TAID / DTS keep one state per teacher target"),
@@ -353,6 +356,7 @@ class Distill(Pass):
         cache = self.logit_cache(ctx, teacher, blocks) if cfg.teacher_signal != "online" else None
         replay = self.replay
         pairs = self.pairs
+        kv_heads = ctx.teacher.adapter.attention_shape(ctx.teacher.config)[1]
         if cache is not None and (cfg.hidden_weight or cfg.relation_weight):
             raise UserError("distill: hidden_weight / relation_weight need the online teacher (teacher_signal: online)")
 
@@ -401,7 +405,7 @@ class Distill(Pass):
                 relation = minilm_relation_loss(
                     [student_qkv[r] for r in "qkv"],
                     [teacher_qkv[r] for r in "qkv"],
-                    cfg.relation_heads or teacher.config.num_key_value_heads,
+                    cfg.relation_heads or kv_heads,
                     causal=True,
                 )
                 loss, parts = loss + cfg.relation_weight * relation, {**parts, "relation": float(relation.detach())}
@@ -469,7 +473,7 @@ class Distill(Pass):
             cfg.seqkd_top_p,
             ctx.seed,
         )
-        teacher_fp = ctx.teacher.content_fingerprint()
+        teacher_fp = ctx.teacher.identity()
         data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
         folder = ctx.cache_base / "seqkd" / settings.key(teacher_fp, data_fp)
         pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
@@ -481,7 +485,7 @@ class Distill(Pass):
         """Open (or build once) the sparse teacher-logit cache for this teacher and these exact token blocks."""
         cfg: DistillConfig = self.config
         method, size = ("rs", cfg.cache_draws) if cfg.teacher_signal == "rs_cache" else ("topk", cfg.cache_topk)
-        teacher_fp = ctx.teacher.content_fingerprint()
+        teacher_fp = ctx.teacher.identity()
         data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
         folder = (
             Path(cfg.logit_cache)

@@ -132,11 +132,9 @@ class Export(Pass):
         from optimum.exporters.onnx import main_export
 
         cfg: ExportConfig = self.config
-        if ir.family == "moe":
-            raise UserError(
-                f"export: the student is still a Mixture-of-Experts ({ir.config.model_type}); Optimum cannot export "
-                "MoE models — run the `moe_to_dense` pass first"
-            )
+        unexportable = ir.adapter.onnx_exportable(ir.config)
+        if unexportable:
+            raise UserError(f"export: {unexportable} — run the `moe_to_dense` pass first")
         task = export_task(ir, cfg.task)
         dtype, dtype_note = ctx.target.effective_export_dtype()
         hf_dir = ir.save(ctx.scratch / "student-for-export")
@@ -321,14 +319,14 @@ class Export(Pass):
         """The optimized graph if it validates like the plain one; otherwise the plain one, with the reason."""
         out = ctx.scratch / "onnx-optimized" / "model.onnx"
         out.parent.mkdir(parents=True, exist_ok=True)
-        config = ir.config
+        heads = ir.adapter.attention_shape(ir.config)[0]
         try:
             optimizer = optimize(
                 raw_dir / "model.onnx",
                 out,
-                config.model_type,
-                config.num_attention_heads,
-                config.hidden_size,
+                ir.adapter.ort_model_type(ir.config),
+                heads,
+                ir.adapter.hidden_size(ir.config),
                 for_gpu=ctx.target.name == "gpu",
             )
             session = open_session(out, ctx.target.available_providers(), ctx.target.session_options())

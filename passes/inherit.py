@@ -11,11 +11,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from compressor.budget import layers_for_budget
 from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.importance import layer_block_influence
 from compressor.ir import ModelIR
-from passes.base import Budget, Pass, PassConfig, PassContext, register
+from passes.base import Pass, PassConfig, PassContext, register
 
 
 def uniform_indices(teacher_layers: int, student_layers: int) -> list[int]:
@@ -26,37 +27,6 @@ def uniform_indices(teacher_layers: int, student_layers: int) -> list[int]:
 
 def floor_indices(teacher_layers: int, student_layers: int) -> list[int]:
     return [i * teacher_layers // student_layers for i in range(student_layers)]
-
-
-def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
-    """How many layers the student keeps under `budget`; an impossible budget is a UserError."""
-    total = ir.num_layers
-    if budget.layers is not None:
-        if not 0 < budget.layers <= 1:
-            raise UserError(f"budget {budget.layers}: a layer budget must be a ratio in (0, 1]")
-        count = round(budget.layers * total)
-        if count < 1:
-            raise UserError(
-                f"budget {budget.layers}: keeps {budget.layers * total:.2f} of {total} layers, "
-                f"fewer than one (smallest possible budget is {1 / total:.3f})"
-            )
-        return count
-    if budget.params is not None:
-        if not 0 < budget.params <= 1:
-            raise UserError(f"budget params={budget.params}: must be a ratio in (0, 1]")
-        totals = ir.summary()["totals"]
-        per_layer = sum(r["params"] for r in ir.summary()["blocks"] if r["block"].startswith("layer."))
-        fixed = totals["params"] - per_layer
-        per_layer //= total
-        count = min(total, int((budget.params * totals["params"] - fixed) // per_layer))
-        if count < 1:
-            smallest = (fixed + per_layer) / totals["params"]
-            raise UserError(
-                f"budget params={budget.params}: not even one layer fits (embeddings and head alone "
-                f"take {fixed / totals['params']:.2f}; smallest possible is {smallest:.3f})"
-            )
-        return count
-    return total
 
 
 class InheritConfig(PassConfig):

@@ -78,7 +78,7 @@ class MoEToDense(Pass):
         reuse = ir is ctx.teacher and next(ctx.teacher_model.parameters()).dtype == torch.float32
         moe = ctx.teacher_model if reuse else ir.materialize(ctx.device, torch.float32)
         io = capture_moe_io(moe, blocks, cfg.calibration_tokens)
-        act = ir.config.hidden_act
+        act = ir.adapter.activation(ir.config)
         ffns: dict[int, dict[str, torch.Tensor]] = {}
         layers = []
         for layer, seen in enumerate(io):
@@ -96,7 +96,7 @@ class MoEToDense(Pass):
                 "method": cfg.method,
                 "from": ir.config.model_type,
                 "to": student.config.model_type,
-                "dense_width": student.config.intermediate_size,
+                "dense_width": student.adapter.ffn_width(student.config),
                 "calibration_tokens": int(io[0]["inputs"].shape[0]),
                 "mean_reconstruction_error": round(statistics.fmean(errors), 5),
                 "layers": layers,
@@ -159,10 +159,11 @@ class MoEToDense(Pass):
 
 
 def check_uniform_moe(ir: ModelIR) -> None:
-    if ir.family != "moe":
+    if not ir.adapter.is_moe:
         raise UserError(f"moe_to_dense: the model is {ir.config.model_type}, not a mixture of experts")
-    if getattr(ir.config, "mlp_only_layers", None) or getattr(ir.config, "decoder_sparse_step", 1) != 1:
-        raise UserError("moe_to_dense: the teacher mixes dense and MoE layers (mlp_only_layers / decoder_sparse_step)")
+    problem = ir.adapter.dense_layout_problem(ir.config)
+    if problem:
+        raise UserError(f"moe_to_dense: {problem}")
 
 
 @torch.no_grad()

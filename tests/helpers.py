@@ -98,8 +98,9 @@ def outputs(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def pass_context(teacher, tmp_path, target="cpu", corpus_file: str = "tinystories_dev.txt"):
     """A PassContext for running one pass directly in a test (artifacts under tmp_path/artifacts)."""
+    from compressor.budget import Budget
     from compressor.data import load_corpus
-    from passes.base import Budget, PassContext
+    from passes.base import PassContext
     from targets import get_target
 
     artifacts = tmp_path / "artifacts"

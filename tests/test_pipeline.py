@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
+from compressor.budget import Budget
 from compressor.ir import ModelIR
 from compressor.pipeline import PassCache, run_pipeline
-from passes.base import Budget
 from passes.distill import Distill, DistillConfig
 from passes.inherit import Inherit, InheritConfig
 from tests.helpers import pass_context

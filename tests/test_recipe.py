@@ -11,7 +11,7 @@ def test_a_good_recipe_validates(tmp_path):
         "  - distill: {steps: 10, lr: 0.001}\n  - export: {}\n"
     )
     recipe = load_recipe(path)
-    assert recipe.target == "edge" and recipe.budget_value().layers == 0.5
+    assert recipe.target == "edge" and recipe.budget.layers == 0.5
     steps = build_passes(recipe.passes, "r.yaml")
     assert [s.name for s in steps] == ["inherit", "distill", "export"]
     assert steps[1].config.steps == 10

@@ -21,8 +21,11 @@ import torch
 
 from compressor.errors import UserError
 from compressor.fs import atomic_directory, sha256_file
+from compressor.ir.dataflow import Group, build_graph, derive_groups
 from compressor.ir.families import adapter_for, adapter_named
-from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter, Member, layer_of
+from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter
+from compressor.ir.loading import align_names, parameter_names, read_config
+from compressor.ir.slicing import slice_groups
 from compressor.ir.weights import WeightStore, checkpoint_files
 
 LINEAGE_FILE = "compressor.json"
@@ -44,43 +47,6 @@ TOKENIZER_DIRS = ("1_Pooling",)
 DEFAULT_CONTEXT = 128  # sequence length at which FLOPs per token are quoted
 
 
-def read_config(path: Path, trust_remote_code: bool = False):
-    """Validate and load `path/config.json`; every failure is a one-line UserError naming the file."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    if not path.is_dir():
-        raise UserError(f"{path}: not a model directory (expected a folder with config.json)")
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise UserError(f"{path}: no config.json in this directory (is it a Hugging Face model folder?)")
-    try:
-        raw = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise UserError(f"{config_file}: not valid JSON ({exc})") from None
-    model_type = raw.get("model_type") if isinstance(raw, dict) else None
-    if not model_type:
-        raise UserError(f"{config_file}: no model_type key")
-    adapter_for(model_type, str(config_file))
-    if raw.get("auto_map") and not trust_remote_code:
-        raise UserError(
-            f"{config_file}: auto_map points at custom model code ({', '.join(sorted(raw['auto_map']))}); "
-            "Compressor runs only stock transformers classes unless you pass --trust-remote-code"
-        )
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, TypeError) as exc:
-        raise UserError(f"{config_file}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
-
-
-def parameter_names(adapter: FamilyAdapter, config) -> dict[str, tuple[int, ...]]:
-    """The unique (tied ones once) parameter names and shapes the stock model expects, built on the meta device."""
-    with torch.device("meta"):
-        model = adapter.model_class(config)._from_config(config)
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
-
-
 @dataclass(frozen=True)
 class ModelIR:
     """A model as the compiler sees it. Build with `ModelIR.load`; transform with the operations below."""
@@ -89,8 +55,9 @@ class ModelIR:
     config: Any
     weights: WeightStore
     lineage: dict = field(default_factory=dict)
-    source: Path | None = None  # where tokenizer files come from
-    fingerprint: str | None = None  # content hash; None means "compute from the tensors when asked"
+    tokenizer_dir: Path | None = None  # where the tokenizer files are (the teacher's directory, for every student)
+    file_digest: str | None = None  # sha256 of the config and weight files it was loaded from; None once edited
+    cache_key: str | None = None  # the pipeline's key of the pass that produced it (identity for the next key)
 
     # ---- loading --------------------------------------------------------------------------------
     @classmethod
@@ -141,28 +108,14 @@ class ModelIR:
 
     @cached_property
     def graph(self):
-        """A networkx DiGraph of blocks in data-flow order; node attributes carry dims, params and FLOPs."""
-        import networkx as nx
-
-        graph = nx.DiGraph()
-        previous = None
-        for block in self.blocks():
-            graph.add_node(
-                block.name,
-                kind=block.kind,
-                params=list(block.params),
-                param_count=sum(numel(self.shapes[n]) for n in block.params),
-                flops_per_token=block.flops_per_token,
-                **dict(block.attrs),
-            )
-            if previous is not None:
-                graph.add_edge(previous, block.name)
-            previous = block.name
-        return graph
+        """The data-flow graph (networkx DiGraph): the blocks and the hidden stream between them, every node
+        carrying its parameters, stream axes, own units, parameter count and FLOPs (`compressor.ir.dataflow`)."""
+        return build_graph(self.blocks(), lambda names: sum(numel(self.shapes[n]) for n in names))
 
     @cached_property
-    def groups(self) -> dict[str, list[Member]]:
-        return self.adapter.groups(self.config, list(self.weights))
+    def groups(self) -> dict[str, Group]:
+        """The coupled-dimension groups, derived from the graph: `hidden`, `layer.{i}.heads|ffn|experts`."""
+        return derive_groups(self.graph)
 
     def non_finite_tensors(self) -> list[str]:
         """Names of tensors holding NaN or inf (a broken teacher is refused up front, not found in export)."""
@@ -173,10 +126,11 @@ class ModelIR:
                 bad.append(name)
         return bad
 
-    def content_fingerprint(self) -> str:
-        """sha256 over the config and every tensor's bytes: the IR's identity for caching."""
-        if self.fingerprint:
-            return self.fingerprint
+    def identity(self) -> str:
+        """The IR's identity for caching: the key of the pass that made it, else the digest of the files it was
+        loaded from, else sha256 over the config and every tensor's bytes."""
+        if self.cache_key or self.file_digest:
+            return self.cache_key or self.file_digest
         digest = hashlib.sha256(self.config.to_json_string(use_diff=False).encode())
         for name in sorted(self.weights):
             tensor = self.weights[name].detach().cpu().contiguous()
@@ -192,12 +146,12 @@ class ModelIR:
         lineage = copy.deepcopy(self.lineage)
         if record:
             lineage.setdefault("operations", []).append(record)
-        ir = ModelIR(self.family, edit.config, store, lineage, self.source)
+        ir = ModelIR(self.family, edit.config, store, lineage, self.tokenizer_dir)
         ir.check_shapes()
         return ir
 
     def with_family(self, family: str, edit: Edit, record: dict | None = None) -> ModelIR:
-        ir = ModelIR(family, self.config, self.weights, self.lineage, self.source)
+        ir = ModelIR(family, self.config, self.weights, self.lineage, self.tokenizer_dir)
         return ir.apply(edit, record)
 
     def check_shapes(self) -> None:
@@ -233,8 +187,9 @@ class ModelIR:
         return self.apply(Edit(config, {}, renames, drops), {"op": "drop_layers", "keep": keep})
 
     def slice_group(self, kind: str, keep: Mapping[int, Sequence[int]] | Sequence[int]) -> ModelIR:
-        """Keep the listed units of one group kind (hidden, heads, ffn, experts); same count on every layer."""
-        edit = self.adapter.slice(self.config, self.weights, kind, keep)
+        """Keep the listed units of every group of one kind (hidden, heads, ffn, experts), cutting every tensor axis
+        the graph couples to them; the same count on every layer (`compressor.ir.slicing`)."""
+        edit = slice_groups(self.adapter, self.config, self.weights, self.groups, kind, keep)
         record = {
             "op": "slice_group",
             "kind": kind,
@@ -243,15 +198,12 @@ class ModelIR:
         return self.apply(edit, record)
 
     def moe_layer(self, layer: int) -> dict:
-        """Layer `layer`'s router, stacked experts and shared expert by role (see `moe_layer_tensors`)."""
-        from compressor.ir.families.moe import moe_layer_tensors
-
-        if self.family != "moe":
+        """Layer `layer`'s router, stacked experts and shared expert by role (the MoE adapter's `moe_layer`)."""
+        if not self.adapter.is_moe:
             raise UserError(f"moe_layer: the model is {self.config.model_type}, not a mixture of experts")
         if not 0 <= layer < self.num_layers:
             raise UserError(f"moe_layer: layer {layer} is out of range 0..{self.num_layers - 1}")
-        stem = next(m["stem"] for n in self.weights if (m := LAYER_PATTERN.match(n)))
-        return moe_layer_tensors(self.config, self.weights, stem, layer)
+        return self.adapter.moe_layer(self.config, self.weights, layer)
 
     def replace_ffn(self, ffns: Mapping[int, Mapping[str, torch.Tensor]]) -> ModelIR:
         """Replace FFNs by dense SwiGLU FFNs given as {layer: {"gate": [f,d], "up": [f,d], "down": [d,f]}}.
@@ -260,16 +212,14 @@ class ModelIR:
         result is the dense counterpart family (mixtral -> mistral, qwen2_moe -> qwen2, qwen3_moe -> qwen3).
         For a dense IR any subset of layers may be replaced; a new width must then cover every layer.
         """
-        from compressor.ir.families.moe import DENSE_COUNTERPART
-
         widths = {int(f["gate"].shape[0]) for f in ffns.values()}
         if len(widths) != 1:
             raise UserError("replace_ffn: every replaced FFN must have the same width")
         width = widths.pop()
+        hidden = self.adapter.hidden_size(self.config)
         for layer, ffn in ffns.items():
             if not 0 <= layer < self.num_layers:
                 raise UserError(f"replace_ffn: layer {layer} is out of range 0..{self.num_layers - 1}")
-            hidden = self.config.hidden_size
             if (
                 tuple(ffn["gate"].shape) != (width, hidden)
                 or tuple(ffn["up"].shape) != (width, hidden)
@@ -278,27 +228,9 @@ class ModelIR:
                 raise UserError(
                     f"replace_ffn: layer {layer} tensors must be gate/up [f, {hidden}] and down [{hidden}, f]"
                 )
-        stem = next(m["stem"] for n in self.weights if (m := LAYER_PATTERN.match(n)))
-        updates = {
-            f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
-            for layer, ffn in ffns.items()
-            for proj in ("gate", "up", "down")
-        }
+        family, edit = self.adapter.replace_ffn(self.config, list(self.weights), ffns)
         record = {"op": "replace_ffn", "layers": sorted(ffns), "width": width}
-        if self.family == "moe":
-            if sorted(ffns) != list(range(self.num_layers)):
-                raise UserError("replace_ffn: an MoE model must have every layer's FFN replaced at once")
-            drops = [
-                n for n in self.weights if layer_of(n) is not None and not (".self_attn." in n or "layernorm" in n)
-            ]
-            config = dense_config(self.config, DENSE_COUNTERPART[self.config.model_type], width)
-            return self.with_family("llama", Edit(config, updates, {}, drops), record)
-        config = copy.deepcopy(self.config)
-        if width != config.intermediate_size:
-            if sorted(ffns) != list(range(self.num_layers)):
-                raise UserError("replace_ffn: a new FFN width must be applied to every layer (uniform layers)")
-            config.intermediate_size = width
-        return self.apply(Edit(config, updates), record)
+        return self.with_family(family, edit, record) if family != self.family else self.apply(edit, record)
 
     def set_weights(self, tensors: Mapping[str, torch.Tensor]) -> ModelIR:
         """Overwrite named tensors (same names and shapes)."""
@@ -357,13 +289,13 @@ class ModelIR:
                     "weight_map": split.tensor_to_filename,
                 }
                 (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-            if self.source:
+            if self.tokenizer_dir:
                 for name in TOKENIZER_FILES:
-                    if (self.source / name).exists():
-                        shutil.copy2(self.source / name, tmp / name)
+                    if (self.tokenizer_dir / name).exists():
+                        shutil.copy2(self.tokenizer_dir / name, tmp / name)
                 for name in TOKENIZER_DIRS:
-                    if (self.source / name).is_dir():
-                        shutil.copytree(self.source / name, tmp / name)
+                    if (self.tokenizer_dir / name).is_dir():
+                        shutil.copytree(self.tokenizer_dir / name, tmp / name)
             record = {
                 "family": self.family,
                 "summary": self.summary()["totals"],
@@ -392,6 +324,7 @@ class ModelIR:
         totals = {
             "model_type": self.config.model_type,
             "family": self.family,
+            "task": self.task,
             "layers": self.num_layers,
             "hidden": self.config.hidden_size,
             "params": sum(r["params"] for r in rows),
@@ -410,61 +343,3 @@ def numel(shape: Sequence[int]) -> int:
     for size in shape:
         total *= int(size)
     return total
-
-
-def align_names(store: WeightStore, expected: Mapping[str, tuple[int, ...]], path: Path) -> WeightStore:
-    """Map checkpoint names onto the stock model's names (adding or stripping a base-model prefix), check shapes."""
-    names = list(store)
-    renames: dict[str, str] = {}
-    for name in names:
-        if name in expected:
-            continue
-        candidates = [c for c in expected if c.endswith("." + name) or name.endswith("." + c)]
-        if len(candidates) == 1:
-            renames[name] = candidates[0]
-    store = store.renamed(renames)
-    store = store.without([n for n in store if n not in expected])  # buffers saved by older versions, etc.
-    missing = [n for n in expected if n not in store]
-    if missing:
-        raise UserError(f"{path}: checkpoint lacks {len(missing)} tensors the model needs, e.g. {missing[0]!r}")
-    for name, shape in expected.items():
-        if store.shape(name) != shape:
-            raise UserError(f"{path}: tensor {name!r} has shape {store.shape(name)}, config implies {shape}")
-    return store
-
-
-def dense_config(moe_config, dense_type: str, width: int):
-    """The dense counterpart's config: same attention, norms, embeddings; one FFN of `width`."""
-    from transformers import AutoConfig
-
-    keys = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "hidden_act",
-        "max_position_embeddings",
-        "rms_norm_eps",
-        "rope_theta",
-        "rope_scaling",
-        "tie_word_embeddings",
-        "attention_dropout",
-        "sliding_window",
-        "use_sliding_window",
-        "max_window_layers",
-        "attention_bias",
-        "bos_token_id",
-        "eos_token_id",
-        "pad_token_id",
-        "initializer_range",
-        "torch_dtype",
-    )
-    values = {k: getattr(moe_config, k) for k in keys if hasattr(moe_config, k)}
-    values["head_dim"] = int(
-        getattr(moe_config, "head_dim", None) or moe_config.hidden_size // moe_config.num_attention_heads
-    )
-    config = AutoConfig.for_model(dense_type, intermediate_size=width, **values)
-    config.architectures = [type(config).__name__.replace("Config", "ForCausalLM")]
-    return config

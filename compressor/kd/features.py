@@ -121,16 +121,15 @@ class CaptureQKV:
     def __enter__(self) -> dict[str, torch.Tensor]:
         if not self.enabled:
             return self.outputs
-        from compressor.importance import decoder_layers
-        from compressor.ir.families import adapter_for
+        from compressor.ir.families import adapter_of_model
 
-        names = adapter_for(self.model.config.model_type).qkv_names
-        last = decoder_layers(self.model)[-1]
-        found = {n: m for n, m in last.named_modules() if n.split(".")[-1] in names}
-        if len(found) != 3:
-            raise ValueError("relation loss: cannot find query/key/value projections in the last layer")
-        for name, module in found.items():
-            role = "qkv"[names.index(name.split(".")[-1])]
+        adapter = adapter_of_model(self.model)
+        last = adapter.decoder_layers(self.model)[-1]
+        try:
+            found = adapter.attention_projections(last)
+        except KeyError:
+            raise ValueError("relation loss: cannot find query/key/value projections in the last layer") from None
+        for role, module in found.items():
             self.handles.append(module.register_forward_hook(self.keep(role)))
         return self.outputs
 

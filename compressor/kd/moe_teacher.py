@@ -26,19 +26,21 @@ from compressor.moe_calibration import MODES, moe_blocks, routing_weights
 
 def routed_forward(block: torch.nn.Module, hidden: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's output under `state["mode"]`: Σ_e w_e(x)·expert_e(x) (+ the gated shared expert)."""
+    adapter = state["adapter"]
     shape = hidden.shape
     x = hidden.reshape(-1, shape[-1])
-    router_logits = block.gate(x)
+    router_logits = adapter.router(block)(x)
+    top_k, normalize = adapter.routing(block)
     weights = routing_weights(
         router_logits,
-        block.top_k,
-        bool(getattr(block, "norm_topk_prob", True)),
+        top_k,
+        normalize,
         state["mode"],
         state.get("temperature", 1.0),
         state.get("generator"),
     )
     out = torch.zeros_like(x)
-    for index, expert in enumerate(block.experts):
+    for index, expert in enumerate(adapter.experts(block)):
         tokens = weights[:, index].nonzero().squeeze(1) if state["mode"] != "dense" else None
         if tokens is not None and tokens.numel() == 0:
             continue
@@ -47,8 +49,10 @@ def routed_forward(block: torch.nn.Module, hidden: torch.Tensor, state: dict) ->
         else:
             contribution = expert(x[tokens]) * weights[tokens, index, None].to(x.dtype)
             out = out.index_add(0, tokens, contribution)
-    if getattr(block, "shared_expert", None) is not None:
-        out = out + torch.sigmoid(block.shared_expert_gate(x)) * block.shared_expert(x)
+    shared = adapter.shared_expert(block)
+    if shared is not None:
+        expert, gate = shared
+        out = out + torch.sigmoid(gate(x)) * expert(x)
     return out.reshape(shape), router_logits
 
 
@@ -59,7 +63,9 @@ def teacher_routing(
     """Route every MoE block of `model` by `mode` while the context is open; yields the mutable state."""
     if mode not in MODES:
         raise ValueError(f"unknown routing mode {mode!r} (known: {', '.join(MODES)})")
-    state = {"mode": mode, "temperature": temperature, "generator": generator}
+    from compressor.ir.families import adapter_of_model
+
+    state = {"mode": mode, "temperature": temperature, "generator": generator, "adapter": adapter_of_model(model)}
     blocks = moe_blocks(model)
     originals = [block.forward for block in blocks]
     for block in blocks:
@@ -87,7 +93,10 @@ def augmented_teacher_logits(
 
 def router_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The routers' weights of every MoE block (what the Student-Aware Router trains)."""
-    return [p for block in moe_blocks(model) for p in block.gate.parameters()]
+    from compressor.ir.families import adapter_of_model
+
+    adapter = adapter_of_model(model)
+    return [p for block in moe_blocks(model) for p in adapter.router(block).parameters()]
 
 
 def prepare_student_aware_router(teacher: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -130,7 +139,10 @@ class WithTeacherRouter(torch.nn.Module):
     def __init__(self, model: torch.nn.Module, teacher: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.routers = torch.nn.ModuleList([block.gate for block in moe_blocks(teacher)])
+        from compressor.ir.families import adapter_of_model
+
+        adapter = adapter_of_model(teacher)
+        self.routers = torch.nn.ModuleList([adapter.router(block) for block in moe_blocks(teacher)])
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

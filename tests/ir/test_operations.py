@@ -139,7 +139,7 @@ def test_replace_ffn_on_a_dense_layer_changes_only_that_layer(tiny_dirs):
         student.weights["model.layers.0.mlp.down_proj.weight"], ir.weights["model.layers.0.mlp.down_proj.weight"]
     )
     assert torch.equal(
-        ir.weights[f"{prefix}down_proj.weight"], ModelIR.load(ir.source).weights[f"{prefix}down_proj.weight"]
+        ir.weights[f"{prefix}down_proj.weight"], ModelIR.load(ir.tokenizer_dir).weights[f"{prefix}down_proj.weight"]
     )  # input IR untouched
 
 

@@ -1,7 +1,10 @@
-"""The family adapter interface: all knowledge of parameter names and config keys (DESIGN §1.2).
+"""The family adapter interface: all knowledge of parameter names, module attributes and config keys (DESIGN §1.2).
 
-A pass speaks the IR's vocabulary (layers, heads, kv groups, FFN units, experts, hidden); an adapter
-translates it into tensor names, axes and config keys for one architecture family.
+A pass speaks the IR's vocabulary (layers, heads, kv groups, FFN units, experts, hidden); an adapter translates
+it into tensor names, axes, modules and config keys for one architecture family. The adapter describes each block
+of the network (which tensor axes read or write the hidden stream, which axes index the block's own units); the
+IR builds the data-flow graph from that and derives the coupled-dimension groups from the graph
+(`compressor.ir.dataflow`), so no pass and no slicing code knows a parameter name.
 """
 
 from __future__ import annotations
@@ -22,22 +25,39 @@ LAYER_PATTERN = re.compile(r"^(?P<stem>.*?\b(?:layers|layer)\.)(?P<index>\d+)\.(
 
 @dataclass(frozen=True)
 class Member:
-    """One tensor axis in a coupled-dimension group; `unit` consecutive elements form one structural unit."""
+    """One tensor axis in a coupled-dimension group.
+
+    `unit` consecutive elements along `axis` form one structural unit (a head is `head_dim` rows). `share` units
+    of the group map to one slice of this axis (a kv head serves `share` query heads, so its rows are kept when any
+    of them is). A member with `axis=None` is a whole tensor that belongs to unit `index` (an expert's matrices):
+    slicing keeps or drops it whole and renumbers it.
+    """
 
     name: str
-    axis: int
+    axis: int | None
     unit: int = 1
+    share: int = 1
+    index: int | None = None
 
 
 @dataclass(frozen=True)
 class Block:
-    """One node of the IR graph: a block of the network in data-flow order."""
+    """One node of the IR graph: a tensor-owning block of the network in data-flow order.
+
+    `reads` / `writes` are the tensor axes that face the hidden stream on the way in / out (a norm's scale is
+    both), `units` the block's own structural dimensions by kind ("heads", "ffn", "experts"), each with its
+    members. `residual` says whether the block's output is added to its input (a transformer sub-layer).
+    """
 
     name: str
     kind: str  # embed | attn | mlp | moe | norm | head
     params: tuple[str, ...]
     flops_per_token: int
     attrs: tuple[tuple[str, object], ...] = ()
+    reads: tuple[Member, ...] = ()
+    writes: tuple[Member, ...] = ()
+    units: tuple[tuple[str, tuple[Member, ...]], ...] = ()
+    residual: bool = False
 
 
 @dataclass
@@ -56,23 +76,24 @@ def layer_of(name: str) -> int | None:
     return int(match["index"]) if match else None
 
 
-def select_units(tensor: torch.Tensor, axis: int, keep: Sequence[int], unit: int = 1) -> torch.Tensor:
-    """Keep whole units (of `unit` consecutive elements along `axis`) in the order given by `keep`."""
-    index = torch.tensor([u * unit + j for u in keep for j in range(unit)], dtype=torch.long)
-    return tensor.index_select(axis, index).contiguous()
-
-
 def matmul_flops(shape: tuple[int, ...]) -> int:
     """2·m·n multiply-adds per token for a 2-D weight applied once per token; vectors cost nothing here."""
     return 2 * shape[0] * shape[1] if len(shape) == 2 else 0
 
 
+def axes(names: Sequence[str], pattern: str, axis: int, **extra) -> tuple[Member, ...]:
+    """Members for every name matching the regex `pattern` (searched), on `axis`."""
+    return tuple(Member(n, axis, **extra) for n in names if re.search(pattern, n))
+
+
 class FamilyAdapter(ABC):
-    """Knows one architecture family's names and config keys; stateless."""
+    """Knows one architecture family's names, modules and config keys; stateless."""
 
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     task: ClassVar[str]  # "causal-lm" or "encoder"
+    is_moe: ClassVar[bool] = False  # routed experts in its FFNs
+    layer_list: ClassVar[str] = "layers"  # the attribute holding the transformer layers (a ModuleList)
     qkv_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")  # attention projection modules
     sliceable: ClassVar[tuple[str, ...]]  # the group kinds `slice_group` accepts
 
@@ -88,6 +109,24 @@ class FamilyAdapter(ABC):
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
 
+    def hidden_size(self, config) -> int:
+        return int(config.hidden_size)
+
+    def vocab_size(self, config) -> int:
+        return int(config.vocab_size)
+
+    def activation(self, config) -> str:
+        """The FFN's activation function by its transformers name."""
+        return str(config.hidden_act)
+
+    def ffn_width(self, config) -> int:
+        """Units of one FFN (of one expert, for an MoE)."""
+        return int(config.intermediate_size)
+
+    def unit_counts(self, config) -> dict[str, int]:
+        """How many units each sliceable kind has per layer (hidden: channels)."""
+        return {"hidden": self.hidden_size(config), "ffn": self.ffn_width(config)}
+
     def default_pipeline(self, budget_given: bool) -> list[dict]:
         """The passes `compress model` runs with no recipe: inherit layers by importance, distil, export."""
         return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
@@ -100,6 +139,14 @@ class FamilyAdapter(ABC):
         """The `model.type` ONNX Runtime GenAI knows this checkpoint as, or None when it has no such decoder."""
         return None
 
+    def ort_model_type(self, config) -> str:
+        """The model type onnxruntime's transformer optimizer is told (its fusions are chosen by it)."""
+        return str(config.model_type)
+
+    def onnx_exportable(self, config) -> str | None:
+        """None when Optimum can export this checkpoint, else the reason it cannot."""
+        return None
+
     def attention_shape(self, config) -> tuple[int, int, int]:
         """(query heads, kv heads, head size) of the attention, as a runtime sizing its KV cache needs them."""
         heads = int(config.num_attention_heads)
@@ -107,14 +154,28 @@ class FamilyAdapter(ABC):
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
         return heads, kv_heads, head_dim
 
+    # ---- modules of a materialized model ------------------------------------------------------
+    def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        """The transformer layers of `model` (also through PEFT or DDP wrappers), in order."""
+        count = int(model.config.num_hidden_layers)
+        for name, module in model.named_modules():
+            if (
+                isinstance(module, torch.nn.ModuleList)
+                and len(module) == count
+                and name.split(".")[-1] == self.layer_list
+            ):
+                return module
+        raise ValueError(f"cannot find the {count} transformer layers of {type(model).__name__}")
+
+    def attention_projections(self, layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """{"q", "k", "v"}: the attention's input projections of one layer (relation KD hooks them)."""
+        found = {name.split(".")[-1]: module for name, module in layer.named_modules()}
+        return {role: found[name] for role, name in zip("qkv", self.qkv_names, strict=True)}
+
     # ---- graph --------------------------------------------------------------------------------
     @abstractmethod
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:
-        """The graph's blocks in data-flow order, with parameter names and FLOPs per token at `context`."""
-
-    @abstractmethod
-    def groups(self, config, names: Sequence[str]) -> dict[str, list[Member]]:
-        """Coupled-dimension groups: each structured unit that must be cut together (DESIGN §3)."""
+        """The graph's blocks in data-flow order: parameters, stream axes, own units, FLOPs per token."""
 
     # ---- operations ---------------------------------------------------------------------------
     def drop_layers_config(self, config, keep: Sequence[int]):
@@ -126,11 +187,18 @@ class FamilyAdapter(ABC):
             new.layer_types = [layer_types[i] for i in keep]
         return new
 
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
+        """Refuse a keep-set that would not leave a stock model (UserError); called before any tensor is cut."""
+        if kind not in self.sliceable_for(config):
+            raise self.unsupported(kind, f"supported kinds are {', '.join(self.sliceable_for(config))}")
+
     @abstractmethod
-    def slice(
-        self, config, weights: Mapping[str, torch.Tensor], kind: str, keep: Mapping[int, Sequence[int]] | Sequence[int]
-    ) -> Edit:
-        """Slice one group kind, keeping the units listed (per layer, or the same list for every layer)."""
+    def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
+        """The config after keeping `keep` units of `kind` (the same count on every layer)."""
+
+    def renumbered(self, name: str, kind: str, new_index: int) -> str:
+        """The name of a whole-tensor member of unit kind `kind` once its unit is renumbered to `new_index`."""
+        raise NotImplementedError(f"{self.name}: {kind} units are not whole tensors")
 
     def unsupported(self, kind: str, why: str) -> UserError:
         return UserError(f"slice_group({kind!r}) is not supported for the {self.name} family: {why}")

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 
-import torch
+from compressor.ir.families.base import Block, FamilyAdapter, axes, layer_of, matmul_flops
 
-from compressor.ir.families.base import Block, Edit, FamilyAdapter, Member, layer_of, matmul_flops, select_units
-from compressor.ir.families.llama import check_indices, per_layer
-
-FFN_IN = re.compile(r"\.intermediate\.dense\.(?:weight|bias)$")
-FFN_OUT = re.compile(r"layer\.\d+\.output\.dense\.weight$")
+QKV = r"\.attention\.self\.(?:query|key|value)\.(?:weight|bias)$"
+QKV_WEIGHT = r"\.attention\.self\.(?:query|key|value)\.weight$"
+ATTN_OUT = r"\.attention\.output\.dense\.weight$"
+ATTN_OUT_WRITES = r"\.attention\.output\.(?:dense\.(?:weight|bias)|LayerNorm\.(?:weight|bias))$"
+FFN_IN = r"\.intermediate\.dense\.(?:weight|bias)$"
+FFN_IN_WEIGHT = r"\.intermediate\.dense\.weight$"
+FFN_OUT = r"layer\.\d+\.output\.dense\.weight$"
+FFN_OUT_WRITES = r"layer\.\d+\.output\.(?:dense\.(?:weight|bias)|LayerNorm\.(?:weight|bias))$"
 
 
 class BertAdapter(FamilyAdapter):
     name = "bert"
     model_types = ("bert",)
     task = "encoder"
+    layer_list = "layer"
     qkv_names = ("query", "key", "value")
     sliceable = ("ffn",)
 
@@ -36,16 +39,35 @@ class BertAdapter(FamilyAdapter):
 
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:
         names = list(shapes)
-        hidden = config.hidden_size
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        d_h = hidden // heads
         embed = [n for n in names if layer_of(n) is None and ".embeddings." in f".{n}"]
-        blocks = [Block("embed", "embed", tuple(embed), 0)]
+        blocks = [
+            Block(
+                "embed",
+                "embed",
+                tuple(embed),
+                0,
+                writes=axes(embed, r"embeddings\.LayerNorm\.(?:weight|bias)$", 0)
+                + axes(embed, r"_embeddings\.weight$", 1),
+            )
+        ]
         for i in range(self.num_layers(config)):
             own = [n for n in names if layer_of(n) == i]
             attn = [n for n in own if ".attention." in n]
             ffn = [n for n in own if n not in attn]
-            attn_flops = sum(matmul_flops(shapes[n]) for n in attn) + 4 * context * hidden
             blocks.append(
-                Block(f"layer.{i}.attn", "attn", tuple(attn), attn_flops, (("heads", config.num_attention_heads),))
+                Block(
+                    f"layer.{i}.attn",
+                    "attn",
+                    tuple(attn),
+                    sum(matmul_flops(shapes[n]) for n in attn) + 4 * context * hidden,
+                    (("heads", heads),),
+                    reads=axes(attn, QKV_WEIGHT, 1),
+                    writes=axes(attn, ATTN_OUT_WRITES, 0),
+                    units=(("heads", axes(attn, QKV, 0, unit=d_h) + axes(attn, ATTN_OUT, 1, unit=d_h)),),
+                    residual=True,
+                )
             )
             blocks.append(
                 Block(
@@ -54,38 +76,34 @@ class BertAdapter(FamilyAdapter):
                     tuple(ffn),
                     sum(matmul_flops(shapes[n]) for n in ffn),
                     (("width", config.intermediate_size),),
+                    reads=axes(ffn, FFN_IN_WEIGHT, 1),
+                    writes=axes(ffn, FFN_OUT_WRITES, 0),
+                    units=(("ffn", axes(ffn, FFN_IN, 0) + axes(ffn, FFN_OUT, 1)),),
+                    residual=True,
                 )
             )
         head = [n for n in names if layer_of(n) is None and n not in embed]
         # The pooler runs once per sequence, not per token: its cost is not charged per token.
         head_flops = sum(matmul_flops(shapes[n]) for n in head if "pooler" not in n)
-        blocks.append(Block("head", "head", tuple(head), head_flops))
+        blocks.append(Block("head", "head", tuple(head), head_flops, reads=axes(head, r"pooler\.dense\.weight$", 1)))
         return blocks
 
-    def groups(self, config, names: Sequence[str]) -> dict[str, list[Member]]:
-        groups: dict[str, list[Member]] = {}
-        for i in range(self.num_layers(config)):
-            own = [n for n in names if layer_of(n) == i]
-            groups[f"layer.{i}.ffn"] = [Member(n, 0) for n in own if FFN_IN.search(n)] + [
-                Member(n, 1) for n in own if FFN_OUT.search(n)
-            ]
-        return groups
+    def unit_counts(self, config) -> dict[str, int]:
+        return {**super().unit_counts(config), "heads": int(config.num_attention_heads)}
 
-    def slice(self, config, weights, kind, keep) -> Edit:
-        if kind == "hidden" or kind == "heads":
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
+        if kind in ("hidden", "heads"):
             raise self.unsupported(
                 kind,
                 "stock BertModel ties the attention width to hidden_size (heads × head size), so a uniform "
                 "cut of one without the other is not a standard architecture",
             )
-        if kind != "ffn":
-            raise self.unsupported(kind, f"supported kinds are {', '.join(self.sliceable)}")
-        table = per_layer(keep, self.num_layers(config), kind)
-        updates: dict[str, torch.Tensor] = {}
-        for layer, units in table.items():
-            check_indices(units, config.intermediate_size, f"layer {layer} FFN unit")
-            for member in self.groups(config, [n for n in weights if layer_of(n) == layer])[f"layer.{layer}.ffn"]:
-                updates[member.name] = select_units(weights[member.name], member.axis, units)
+        super().check_slice(config, kind, keep)
+
+    def sliceable_for(self, config) -> tuple[str, ...]:
+        return self.sliceable
+
+    def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
         new = copy.deepcopy(config)
-        new.intermediate_size = len(next(iter(table.values())))
-        return Edit(new, updates)
+        new.intermediate_size = len(next(iter(keep.values())))
+        return new

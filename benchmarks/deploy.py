@@ -14,13 +14,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from compressor.api import ModelRequest, bench, compress_model, default_teacher
+from compressor.api import ModelRequest, compress_model, default_teacher
+from compressor.benchmark import bench
 
 
 def student_run(teacher: Path, out: Path, budget: float, data: str | None, steps: int) -> dict:
     passes = [{"inherit": {"strategy": "uniform"}}]
     if steps:
-        passes.append({"distill": {"steps": steps}})
+        passes.append({"distill": {"train": {"steps": steps}}})
     passes.append({"export": {}})
     recipe = out.parent / f"{out.name}.json"
     recipe.write_text(json.dumps({"passes": passes}))

@@ -41,7 +41,9 @@ def student_run(teacher: Path, out: Path, budget: float, data: str, held_out: st
     from compressor.api import ModelRequest, compress_model
 
     recipe = out.parent / f"{out.name}.json"
-    recipe.write_text(json.dumps({"passes": [{"inherit": {}}, {"distill": {"steps": steps}}, {"export": {}}]}))
+    recipe.write_text(
+        json.dumps({"passes": [{"inherit": {}}, {"distill": {"train": {"steps": steps}}}, {"export": {}}]})
+    )
     return compress_model(
         ModelRequest(
             teacher=str(teacher),
@@ -59,7 +61,6 @@ def student_run(teacher: Path, out: Path, budget: float, data: str, held_out: st
 
 def fp32_graphs(student: Path, work: Path, held_out: str) -> dict[str, Path]:
     """model.onnx of the student from Optimum (optimized, tied weights once) and from the GenAI builder."""
-    from compressor.budget import Budget
     from compressor.data import load_corpus
     from compressor.ir import ModelIR
     from compressor.onnx.genai_builder import build_fp32, single_file
@@ -71,15 +72,10 @@ def fp32_graphs(student: Path, work: Path, held_out: str) -> dict[str, Path]:
     ir = ModelIR.load(student)
     optimum_dir = work / "optimum"
     (optimum_dir / "artifacts").mkdir(parents=True, exist_ok=True)
-    ctx = PassContext(
-        teacher=ir,
-        target=get_target("cpu"),
-        corpus=load_corpus(str(held_out)),
-        budget=Budget(),
-        scratch=optimum_dir,
-        artifacts=optimum_dir / "artifacts",
-        show_progress=False,
-    )
+    ctx = PassContext.for_run(
+        ir, get_target("cpu"), optimum_dir, load_corpus(str(held_out)),
+        artifacts=optimum_dir / "artifacts", show_progress=False,
+    )  # fmt: skip
     Export(ExportConfig(quantize="none", graph="optimum", generation_prompts=1)).run(ir, ctx)
     graphs = {"optimum": optimum_dir / "artifacts" / "onnx" / "model.onnx"}
     builder_dir = work / "genai-builder"

@@ -26,17 +26,17 @@ from passes.inherit import Inherit, InheritConfig
 from targets import get_target
 
 RUNS = {  # name -> distill settings on top of the shared ones
-    "ce": {"alpha": 0.0},
-    "fkl": {"loss": "fkl"},
-    "rkl": {"loss": "rkl"},
-    "skew_kl": {"loss": "skew_kl"},
-    "skew_rkl": {"loss": "skew_rkl"},
-    "jsd": {"loss": "jsd"},
-    "tvd": {"loss": "tvd"},
-    "taid": {"loss": "taid"},
-    "fkl_rs_cache": {"loss": "fkl", "teacher_signal": "rs_cache"},
-    "fkl_teacher_corpus": {"loss": "fkl", "data_source": "teacher"},
-    "fkl_mixed_corpus": {"loss": "fkl", "data_source": "mixed"},
+    "ce": {"loss.alpha": 0.0},
+    "fkl": {"loss.divergence": "fkl"},
+    "rkl": {"loss.divergence": "rkl"},
+    "skew_kl": {"loss.divergence": "skew_kl"},
+    "skew_rkl": {"loss.divergence": "skew_rkl"},
+    "jsd": {"loss.divergence": "jsd"},
+    "tvd": {"loss.divergence": "tvd"},
+    "taid": {"loss.divergence": "taid"},
+    "fkl_rs_cache": {"loss.divergence": "fkl", "teacher.signal": "rs_cache"},
+    "fkl_teacher_corpus": {"loss.divergence": "fkl", "data.source": "teacher"},
+    "fkl_mixed_corpus": {"loss.divergence": "fkl", "data.source": "mixed"},
 }
 
 
@@ -60,14 +60,8 @@ def main() -> int:
     held = lm_blocks(tokenizer, corpus.eval, args.seq_len)
     steps = max(1, args.tokens // (args.batch_size * args.seq_len))
     with tempfile.TemporaryDirectory() as scratch:
-        ctx = PassContext(
-            teacher=teacher,
-            target=get_target("cpu"),
-            corpus=corpus,
-            budget=Budget(layers=0.6),
-            scratch=Path(scratch),
-            artifacts=Path(scratch),
-            show_progress=False,
+        ctx = PassContext.for_run(
+            teacher, get_target("cpu"), Path(scratch), corpus, Budget(layers=0.6), show_progress=False
         )
         student = Inherit(InheritConfig(strategy="importance")).run(teacher, ctx)
         kept = ctx.metrics["kept_layers"]
@@ -85,25 +79,18 @@ def main() -> int:
         }
         for name in args.runs.split(","):
             settings = {
-                "steps": steps,
-                "batch_size": args.batch_size,
-                "seq_len": args.seq_len,
-                "lr": args.lr,
-                "alpha": args.alpha,
-                "checkpoint_every": 0,
+                "train.steps": steps,
+                "train.batch_size": args.batch_size,
+                "train.seq_len": args.seq_len,
+                "train.lr": args.lr,
+                "train.checkpoint_every": 0,
+                "loss.alpha": args.alpha,
                 **RUNS[name],
             }
-            run_ctx = PassContext(
-                teacher=teacher,
-                target=get_target("cpu"),
-                corpus=corpus,
-                budget=Budget(),
-                scratch=Path(scratch),
-                artifacts=Path(scratch),
-                show_progress=False,
-                run_dir=Path(scratch) / f"run-{name}",
-                shared=ctx.shared,
-            )
+            run_ctx = PassContext.for_run(
+                teacher, get_target("cpu"), Path(scratch), corpus,
+                show_progress=False, run_dir=Path(scratch) / f"run-{name}", shared=ctx.shared,
+            )  # fmt: skip
             start = time.perf_counter()
             trained = Distill(DistillConfig(**settings)).run(student, run_ctx)
             ppl = round(perplexity(trained.materialize(), held), 4)

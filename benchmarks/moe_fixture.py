@@ -34,6 +34,7 @@ import torch
 
 from compressor.data import lm_blocks, load_corpus
 from compressor.evaluate import perplexity
+from compressor.ir.families import adapter_of_model
 from compressor.kd.train import IndexedBatches, TrainConfig, train
 from compressor.moe_calibration import capture_moe_io, moe_blocks, router_statistics
 from passes.base import load_tokenizer
@@ -230,7 +231,9 @@ def main() -> int:
                 io = capture_moe_io(model, held, max_tokens=8192)
                 entry["router"] = [
                     router_statistics(layer["inputs"] @ gate.weight.T, TOP_K)
-                    for layer, gate in zip(io, [b.gate for b in moe_blocks(model)], strict=True)
+                    for layer, gate in zip(
+                        io, [adapter_of_model(model).router(b) for b in moe_blocks(model)], strict=True
+                    )
                 ]
                 entry["mean_router_entropy"] = round(sum(r["entropy"] for r in entry["router"]) / len(io), 4)
                 entry["max_entropy"] = round(math.log(EXPERTS), 4)

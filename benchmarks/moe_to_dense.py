@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from compressor.budget import Budget
 from compressor.data import lm_blocks, load_corpus
 from compressor.evaluate import perplexity
 from compressor.ir import ModelIR
@@ -95,29 +94,22 @@ def main() -> int:
         shared: dict = {}
 
         def context(name: str) -> PassContext:
-            return PassContext(
-                teacher=teacher,
-                target=get_target("cpu"),
-                corpus=corpus,
-                budget=Budget(),
-                scratch=Path(scratch),
-                artifacts=Path(scratch),
-                show_progress=False,
-                run_dir=Path(scratch) / name,
-                shared=shared,
-            )
+            return PassContext.for_run(
+                teacher, get_target("cpu"), Path(scratch), corpus,
+                show_progress=False, run_dir=Path(scratch) / name, shared=shared,
+            )  # fmt: skip
 
         def refine(student: ModelIR, name: str, **extra) -> tuple[float, float]:
-            settings = dict(
-                steps=args.refine_steps,
-                batch_size=args.batch_size,
-                seq_len=args.seq_len,
-                lr=args.lr,
-                alpha=args.alpha,
-                data_source=args.data_source,
-                checkpoint_every=0,
+            settings = {
+                "train.steps": args.refine_steps,
+                "train.batch_size": args.batch_size,
+                "train.seq_len": args.seq_len,
+                "train.lr": args.lr,
+                "train.checkpoint_every": 0,
+                "loss.alpha": args.alpha,
+                "data.source": args.data_source,
                 **extra,
-            )
+            }
             start = time.perf_counter()
             trained = Distill(DistillConfig(**settings)).run(student, context(name))
             return perplexity(trained.materialize(), held), time.perf_counter() - start
@@ -144,7 +136,7 @@ def main() -> int:
         result["best_method"] = best
         result["routing"] = {"topk": result["methods"][best]["ppl_refined"]}
         for mode in [m for m in args.routing.split(",") if m]:
-            refined, seconds = refine(gathered_students[best], f"routing-{mode}", teacher_routing=mode)
+            refined, seconds = refine(gathered_students[best], f"routing-{mode}", **{"teacher.routing": mode})
             result["routing"][mode] = round(refined, 4)
             result["routing"][f"{mode}_gain_kept"] = round(gain_kept(refined, dense_ppl, moe_ppl), 4)
             result["routing"][f"{mode}_seconds"] = round(seconds, 1)

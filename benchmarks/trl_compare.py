@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from compressor.budget import Budget
 from compressor.data import lm_blocks, load_corpus
 from compressor.ir import ModelIR
 from passes.base import PassContext, load_tokenizer
@@ -24,24 +23,12 @@ from targets import get_target
 
 
 def ours(teacher: ModelIR, student: ModelIR, corpus, args, scratch: Path) -> dict:
-    ctx = PassContext(
-        teacher=teacher,
-        target=get_target("cpu"),
-        corpus=corpus,
-        budget=Budget(),
-        scratch=scratch,
-        artifacts=scratch,
-        show_progress=False,
-        run_dir=scratch / "ours",
+    ctx = PassContext.for_run(
+        teacher, get_target("cpu"), scratch, corpus, show_progress=False, run_dir=scratch / "ours"
     )
     config = DistillConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seq_len=args.seq_len,
-        lr=args.lr,
-        loss="fkl",
-        alpha=1.0,
-        checkpoint_every=0,
+        train=dict(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, checkpoint_every=0),
+        loss=dict(divergence="fkl", alpha=1.0),
     )
     Distill(config).run(student, ctx)
     return {

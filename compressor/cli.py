@@ -155,11 +155,19 @@ def summarize(report: dict) -> None:
 def inspect(
     path: Annotated[str, typer.Argument(help="model directory")],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    graph: Annotated[
+        str | None, typer.Option(help="also draw the data-flow graph and its coupled groups to this PNG file")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --graph file")] = False,
 ) -> None:
-    """Print the IR summary: params, bytes, FLOPs/token and a per-block table."""
+    """Print the IR summary: params, bytes, FLOPs/token and a per-block table (and the graph as a picture)."""
     from compressor.api import inspect_model
 
-    summary = inspect_model(path)
+    summary = inspect_model(path, graph, overwrite)
+    if graph:
+        groups = summary["graph"]["groups"]
+        kinds = sorted({name.rsplit(".", 1)[-1] if name.startswith("layer.") else name for name in groups})
+        print(f"graph: {graph} ({len(groups)} coupled groups: {', '.join(kinds)})", file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -268,7 +276,7 @@ def bench(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Teacher (PyTorch eager, ONNX) vs student (ONNX fp32, quantized): latency, throughput, FLOPs ratio."""
-    from compressor.api import bench as api_bench
+    from compressor.benchmark import bench as api_bench
 
     print(json.dumps(api_bench(teacher, student, target, out, runs, overwrite, not quiet), indent=2, default=str))
 

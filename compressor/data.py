@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from compressor.data_sources import read_records, read_text_file
 from compressor.errors import UserError
 
 BUILTIN = "builtin"  # the name recipes and the CLI use for the built-in corpus
@@ -60,41 +61,10 @@ class Corpus:
         return f"{self.name} (validation share)" if self.valid else self.eval_name
 
 
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
-
-
-def read_text_file(path: Path, what: str) -> str:
-    """A UTF-8 text file's content, or a one-line UserError naming the file and the problem."""
-    if not path.exists():
-        raise UserError(f"{path}: {what} not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a text file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    check_is_text(path, text, what)
-    return text
-
-
-def check_is_text(path: Path, text: str, what: str) -> None:
-    """Refuse binary or non-language content: control characters (NUL, escapes) or no letters at all."""
-    controls = len(CONTROL.findall(text))
-    if controls and controls > max(0, len(text) // 1000):
-        raise UserError(f"{path}: {what} is not text ({controls} control characters such as NUL); give plain text")
-    visible = sum(1 for ch in text if not ch.isspace())
-    letters = sum(1 for ch in text if ch.isalpha())
-    if visible and letters < 0.1 * visible:
-        raise UserError(f"{path}: {what} is not text ({letters} letters in {visible} characters)")
-
-
 def read_documents(path: str | Path, text_column: str | None = None) -> list[str]:
     """Documents of a data source (compressor.data_sources): plain text (blank-line separated blocks when the
     file has them, else one per line), .jsonl / .csv / .tsv (a named or usual text column), a folder of text
     files, a dataset saved with `save_to_disk`, or a parquet / arrow file."""
-    from compressor.data_sources import read_records
 
     path = Path(path)
     if not path.exists():
@@ -157,7 +127,6 @@ def split_holdout(docs: Sequence[str], eval_fraction: float = 0.1, name: str = "
 
 def read_labelled(path: str | Path, text_column: str | None = None) -> tuple[list[str], list | None]:
     """Texts and (when the source has a label column) their labels, empty texts dropped."""
-    from compressor.data_sources import read_records
 
     path = Path(path)
     if not path.exists():

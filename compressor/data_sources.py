@@ -20,6 +20,34 @@ TEXT_FILES = (".txt", ".text", ".md")
 TEXT_CANDIDATES = ("text", "sentence", "content", "document")
 LABEL_CANDIDATES = ("label", "labels")
 MAX_MISSING_SHARE = 0.05  # lines without the text field: skipped (and said) up to this share, refused above
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's content, or a one-line UserError naming the file and the problem."""
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, expected a text file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    check_is_text(path, text, what)
+    return text
+
+
+def check_is_text(path: Path, text: str, what: str) -> None:
+    """Refuse binary or non-language content: control characters (NUL, escapes) or no letters at all."""
+    controls = len(CONTROL.findall(text))
+    if controls and controls > max(0, len(text) // 1000):
+        raise UserError(f"{path}: {what} is not text ({controls} control characters such as NUL); give plain text")
+    visible = sum(1 for ch in text if not ch.isspace())
+    letters = sum(1 for ch in text if ch.isalpha())
+    if visible and letters < 0.1 * visible:
+        raise UserError(f"{path}: {what} is not text ({letters} letters in {visible} characters)")
 
 
 @dataclass(frozen=True)
@@ -30,8 +58,6 @@ class Records:
 
 def read_records(path: Path, text_column: str | None = None, label_column: str | None = None) -> Records:
     """The records of any supported source; plain text has no labels."""
-    from compressor.data import read_text_file
-
     path = Path(path)
     if path.is_dir():
         return read_directory(path, text_column, label_column)
@@ -62,8 +88,6 @@ def read_directory(path: Path, text_column: str | None, label_column: str | None
         raise UserError(
             f"{path}: a folder with no text files ({', '.join(TEXT_FILES)}) and not a dataset saved with save_to_disk"
         )
-    from compressor.data import read_text_file
-
     texts: list[str] = []
     for file in files:
         texts.extend(plain_documents(read_text_file(file, "data file")))

@@ -70,21 +70,30 @@ def first_error(exc: ValidationError, prefix: str = "") -> str:
     return f"{where}: {describe(error)}"
 
 
-TRAINING_PASSES = ("distill", "lora_kd")  # the passes a training budget (tokens, time) applies to
+def set_training(passes: list[dict], override: bool = False, **values: Any) -> None:
+    """Write `values` (those not None) into the `train` section of every pass that trains (`Pass.trains`): over
+    what the recipe says with `override` (`--steps`), else only where it says nothing."""
+    for entry in passes:
+        for name in list(entry):
+            try:
+                trains = get_pass(name).trains
+            except UserError:
+                continue  # an unknown pass is reported, with its key path, when the recipe is parsed
+            if not trains:
+                continue
+            config = dict(entry[name] or {})
+            section = config.get("train") if isinstance(config.get("train"), dict) else {}
+            for key, value in values.items():
+                given = f"train.{key}" in config or key in section
+                if value is not None and (override or not given):
+                    config[f"train.{key}"] = value  # a dotted key wins over the nested one
+            entry[name] = config
 
 
 def apply_training_budget(passes: list[dict], train_tokens: int | None, seconds: float | None) -> None:
     """Copy the recipe's training budget into every training pass that does not set its own (so it is part of
     that pass's config and of its cache key)."""
-    for entry in passes:
-        for name in TRAINING_PASSES:
-            if name in entry:
-                config = dict(entry[name] or {})
-                if train_tokens is not None:
-                    config.setdefault("train_tokens", train_tokens)
-                if seconds is not None:
-                    config.setdefault("time_budget", seconds)
-                entry[name] = config
+    set_training(passes, tokens=train_tokens, time=seconds)
 
 
 def build_passes(entries: list[dict[str, dict[str, Any] | None]], source: str) -> list[Pass]:
@@ -163,14 +172,12 @@ def check_expansion(root, path: Path) -> None:
         raise UserError(f"{path}: recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases); refusing it")
 
 
-def default_passes(model_type: str | None = None, budget_given: bool = False) -> list[dict[str, dict[str, Any] | None]]:
-    """The search-free default pipeline of the teacher's family (an unknown type fails later, when it loads)."""
-    from compressor.ir.families import ADAPTERS, adapter_for
+def default_passes(teacher: str | None = None, budget_given: bool = False) -> list[dict[str, dict[str, Any] | None]]:
+    """The default pipeline of the teacher's family (an unreadable teacher fails later, when it loads)."""
+    from compressor.ir.families import ADAPTERS
+    from compressor.ir.loading import family_of
 
-    try:
-        adapter = adapter_for(model_type) if model_type else ADAPTERS[0]
-    except UserError:
-        adapter = ADAPTERS[0]
+    adapter = (family_of(Path(teacher)) if teacher else None) or ADAPTERS[0]
     return adapter.default_pipeline(budget_given)
 
 

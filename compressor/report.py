@@ -9,21 +9,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import compressor
-from compressor.deploy_report import deployment_lines
 from compressor.run_speed import speed_note, speed_rows
+from passes import get_pass
 
 PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "accelerate", "peft")
-VALIDATION_FIGURES = (
-    "max_abs_diff",
-    "mean_abs_diff",
-    "max_abs_diff_kv_cache_step",
-    "top1_agreement",
-    "min_embedding_cosine",
-    "generation_identical",
-    "generation_ties",
-    "tolerance",
-    "onnx_bytes",
-)
 
 
 def versions() -> dict[str, str]:
@@ -51,11 +40,9 @@ def build_report(
     gates: dict,
 ) -> dict:
     t, s = teacher_summary["totals"], student_summary["totals"]
-    export = next((r for r in records if r.name == "export"), None)
-    deployment = None
-    if export:
-        keys = ("optimization", "quantization", "quantization_tried", "deploy_file", "tied_weights", "graph", "genai")
-        deployment = {k: export.metrics.get(k) for k in keys}
+    contributed = {}
+    for record in records:  # each pass's own entries (export: "onnx", "deployment")
+        contributed.update(get_pass(record.name).report_fields(record.metrics))
     return {
         "teacher": {"path": teacher_path, **t},
         "student": s,
@@ -66,8 +53,7 @@ def build_report(
             "layers": ratio(s["layers"], t["layers"]),
         },
         "quality": quality,
-        "onnx": export.metrics.get("validation") if export else None,
-        "deployment": deployment,
+        **contributed,
         "target": target,
         "passes": [
             {
@@ -196,8 +182,8 @@ def markdown(report: dict, plots: list[str]) -> str:
             f"student's perplexity is **{general['student_over_teacher']}×** the teacher's.",
             "",
         ]
-    lines += moe_section(report)
-    lines += onnx_section(report)
+    for record in report["passes"]:  # each pass's own section, in pipeline order
+        lines += get_pass(record["name"]).report_lines(report, record["metrics"])
     lines += bench_section(report.get("bench"))
     lines += ["## Passes", "", "| pass | seconds | cached | key metrics |", "|---|---|---|---|"]
     for p in report["passes"]:
@@ -224,76 +210,6 @@ def markdown(report: dict, plots: list[str]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def moe_section(report: dict) -> list[str]:
-    """What knowledge gathering did: per-layer reconstruction error, perplexity before refinement, speed."""
-    gathered = next((p["metrics"] for p in report["passes"] if p["name"] == "moe_to_dense"), None)
-    if not gathered:
-        return []
-    lines = [
-        "## MoE → dense",
-        "",
-        f"{gathered['from']} → {gathered['to']} by **{gathered['method']}**, dense FFN width "
-        f"{gathered['dense_width']}, calibrated on {gathered['calibration_tokens']} tokens. Mean reconstruction "
-        f"error of the dense FFN against the MoE block output (‖dense − moe‖² / ‖moe‖²): "
-        f"**{gathered['mean_reconstruction_error']}**.",
-        "",
-    ]
-    if "gathered_ppl" in gathered:
-        final = report["quality"]["student"].get("perplexity", "—")
-        lines += [
-            "| perplexity (held-out) | MoE teacher | right after gathering | after refinement |",
-            "|---|---|---|---|",
-            f"| | {gathered['moe_ppl']} | {gathered['gathered_ppl']} | {final} |",
-            "",
-        ]
-    lines += [
-        "| layer | reconstruction error | before the least-squares refit | router entropy (nats) | expert load |",
-        "|---|---|---|---|---|",
-    ]
-    for row in gathered["layers"]:
-        load = " ".join(f"{v:.2f}" for v in row["router"]["load"])
-        lines.append(
-            f"| {row['layer']} | {row['reconstruction_error']} | {row.get('error_before_refit', '—')} "
-            f"| {row['router']['entropy']} | {load} |"
-        )
-    speed = gathered.get("pytorch_speed")
-    if speed:
-        lines += [
-            "",
-            f"PyTorch ({speed['device']}, eager): MoE {speed['moe_tokens_per_s']} tokens/s, dense student "
-            f"{speed['dense_tokens_per_s']} tokens/s — **{speed['speedup']}×**.",
-        ]
-    onnx = report.get("student_onnx_speed")
-    if onnx and onnx.get("measured"):
-        lines += [
-            "",
-            f"Student ONNX (`{onnx['file']}`, target {report['target']['name']}): "
-            f"p50 {onnx['latency']['p50_ms']} ms at batch 1 × {onnx['seq']} tokens, "
-            f"{onnx['throughput_seq_per_s']} sequences/s at batch {onnx['throughput_batch']}.",
-        ]
-    elif onnx:
-        lines += ["", f"Student ONNX speed not measured: {onnx.get('reason')}."]
-    return lines + [""]
-
-
-def onnx_section(report: dict) -> list[str]:
-    onnx = report.get("onnx")
-    if not onnx:
-        return []
-    lines = [
-        "## ONNX validation",
-        "",
-        f"Task `{onnx['task']}`, dtype {onnx['dtype']}, providers {', '.join(onnx['providers'])}: "
-        f"**{'passed' if onnx['passed'] else 'FAILED'}**",
-        "",
-        "| figure | value |",
-        "|---|---|",
-    ]
-    lines += [f"| {key} | {cell(onnx[key])} |" for key in VALIDATION_FIGURES if key in onnx]
-    lines += [f"- {note}" for note in onnx.get("notes", [])] + [""]
-    return lines + deployment_lines(report.get("deployment") or {})
 
 
 def bench_section(bench: dict | None) -> list[str]:
@@ -346,7 +262,7 @@ def bench_section(bench: dict | None) -> list[str]:
 def model_card(report: dict, kind: str, recipe_yaml: str) -> str:
     """README.md for OUT/student (kind='student') or OUT/onnx (kind='onnx'): what it is and how to load it."""
     t, s, q = report["teacher"], report["student"], report["quality"]
-    causal = s["family"] != "bert"
+    causal = s.get("task", "causal-lm") == "causal-lm"
     deploy = (report.get("deployment") or {}).get("deploy_file") or "model.onnx"
     lines = [
         f"# Compressed {s['model_type']} student ({'ONNX' if kind == 'onnx' else 'PyTorch'})",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from compressor.budget import Budget
 from compressor.data import Corpus
@@ -17,9 +17,52 @@ from targets.base import Target
 
 
 class PassConfig(BaseModel):
-    """Base of every pass's config: unknown keys are errors, values are validated and frozen."""
+    """Base of every pass's config: unknown keys are errors, values are validated and frozen.
+
+    Nested sections take dotted keys too (`train.steps: 100` is `train: {steps: 100}`), in recipes and `--set`.
+    `moved` names settings that now live elsewhere, so an old recipe gets told where (not just "unknown key").
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    moved: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def dotted_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        nested: dict[str, Any] = {}
+        for key, value in data.items():
+            head, _, rest = str(key).partition(".")
+            if rest:
+                section = nested.setdefault(head, {})
+                if isinstance(section, BaseModel):
+                    section = nested[head] = section.model_dump()
+                if not isinstance(section, dict):
+                    raise ValueError(f"{head}: given both as a value and as a section ({key})")
+                section[rest] = value
+            elif isinstance(value, dict) and isinstance(nested.get(key), dict):
+                nested[key] = {**value, **nested[key]}
+            else:
+                nested[key] = value
+        for key, value in nested.items():
+            new = cls.moved.get(key) or cls.section_of(key)
+            if new and (key not in cls.model_fields or not isinstance(value, dict | BaseModel)):
+                raise ValueError(f"{key}: this setting is now {new} (write `{new}: {value!r}`)")
+        return nested
+
+    @classmethod
+    def section_of(cls, key: str) -> str | None:
+        """`train.steps` for `steps`: the one nested section that has a field named `key`, if any."""
+        if key in cls.model_fields:
+            return None
+        found = [
+            f"{name}.{key}"
+            for name, field in cls.model_fields.items()
+            if isinstance(field.annotation, type) and issubclass(field.annotation, PassConfig)
+            and key in field.annotation.model_fields
+        ]  # fmt: skip
+        return found[0] if len(found) == 1 else None
 
 
 @dataclass
@@ -39,6 +82,16 @@ class PassContext:
     show_progress: bool = True
     metrics: dict[str, Any] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)  # built once per run, shared by every pass's context
+
+    @classmethod
+    def for_run(
+        cls, teacher: ModelIR, target: Target, scratch: Path, corpus: Corpus | None = None,
+        budget: Budget | None = None, **options: Any,
+    ) -> PassContext:  # fmt: skip
+        """The one way a run makes its context: artifacts collected in `scratch`, no size budget unless given;
+        `options` are the other fields (device, seed, show_progress, cache_root, shared)."""
+        artifacts = options.pop("artifacts", scratch)
+        return cls(teacher, target, corpus, budget or Budget(), scratch, artifacts, **options)
 
     @property
     def teacher_model(self):
@@ -97,6 +150,8 @@ class Pass:
     Config: ClassVar[type[PassConfig]] = PassConfig
     needs_data: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
+    uses_data: ClassVar[bool] = False  # reads the data when there is some, without needing it (export's checks)
+    trains: ClassVar[bool] = False  # takes the run's training budget (tokens, time) into its config
     target_dependent: ClassVar[bool] = False  # whether the target is part of the cache key
     produces_ir: ClassVar[bool] = True
 
@@ -104,8 +159,19 @@ class Pass:
         self.config = config if config is not None else self.Config()
         self.where = where or self.name  # the key path of this pass's config, for error messages
 
-    def check(self, ir: ModelIR) -> None:
-        """Refuse a config that cannot work on `ir` before any work starts (UserError naming `self.where`)."""
+    def check(self, ir: ModelIR, budget: Budget) -> None:
+        """Refuse a config that cannot work on `ir` under `budget` before any work starts (UserError naming
+        `self.where`)."""
+
+    @classmethod
+    def report_fields(cls, metrics: dict) -> dict:
+        """Top-level entries this pass adds to report.json (export: "onnx", "deployment"), from its metrics."""
+        return {}
+
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        """This pass's section of REPORT.md (Markdown lines; none by default), given the whole report."""
+        return []
 
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         raise NotImplementedError

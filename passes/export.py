@@ -46,6 +46,7 @@ from compressor.onnx.optimize import optimize
 from compressor.onnx.tied import share_file_weights
 from compressor.onnx.variants import VARIANTS, check_variant
 from passes.base import Pass, PassConfig, PassContext, register
+from passes.export_report import onnx_lines, report_fields
 from passes.export_variants import graph_bytes as file_bytes
 from passes.export_variants import held_out_documents, quantize_variants
 
@@ -125,8 +126,17 @@ class Checker:
 class Export(Pass):
     name = "export"
     Config = ExportConfig
+    uses_data = True
     target_dependent = True
     produces_ir = False
+
+    @classmethod
+    def report_fields(cls, metrics: dict) -> dict:
+        return report_fields(metrics)
+
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        return onnx_lines(report)
 
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         from optimum.exporters.onnx import main_export

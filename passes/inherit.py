@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from compressor.budget import layers_for_budget
+from compressor.budget import Budget, layers_for_budget
 from compressor.data import encode_sentences, lm_blocks, sentences
 from compressor.errors import UserError
 from compressor.importance import layer_block_influence
@@ -44,9 +44,11 @@ class Inherit(Pass):
     Config = InheritConfig
     needs_data = True
 
-    def check(self, ir: ModelIR) -> None:
+    def check(self, ir: ModelIR, budget: Budget) -> None:
         cfg: InheritConfig = self.config
         total = ir.num_layers
+        if cfg.layers is None and cfg.indices is None:
+            layers_for_budget(ir, budget)  # an impossible budget fails here, before any work
         if cfg.strategy == "indices" or cfg.indices is not None:
             if not cfg.indices:
                 raise UserError(f"{self.where}.indices: strategy 'indices' needs a non-empty list of layers")
@@ -64,7 +66,7 @@ class Inherit(Pass):
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: InheritConfig = self.config
         total = ir.num_layers
-        self.check(ir)
+        self.check(ir, ctx.budget)
         if cfg.strategy == "indices" or cfg.indices is not None:
             keep = sorted(cfg.indices)
         else:

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from passes.base import register
-from passes.distill import Distill, DistillConfig
+from passes.base import PassConfig, register
+from passes.distill import Distill
+from passes.distill_config import DistillConfig
+
+
+class LoraSettings(PassConfig):
+    rank: int = Field(default=16, ge=1)
+    alpha: float | None = Field(default=None, gt=0, description="default: 2 × rank")
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: list[str] | str = Field(default="all-linear", description="module names, or all-linear")
+    use_rslora: bool = False
 
 
 class LoraKDConfig(DistillConfig):
-    rank: int = Field(default=16, ge=1)
-    lora_alpha: float | None = Field(default=None, gt=0, description="default: 2 × rank")
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
-    target_modules: list[str] | str = Field(default="all-linear", description="module names, or all-linear")
-    use_rslora: bool = False
-    lr: float | None = Field(default=None, gt=0, description="default: 10× distill's (LoRA needs a higher rate)")
+    """Every `distill` section, plus `lora`; `train.lr` defaults to 10× distill's (LoRA needs a higher rate)."""
+
+    moved = {"lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout"}
+    lora: LoraSettings = LoraSettings()
 
 
 @register
@@ -29,23 +36,23 @@ class LoraKD(Distill):
     Config = LoraKDConfig
 
     def run(self, ir, ctx):
-        cfg: LoraKDConfig = self.config
-        if cfg.lr is None:
-            self.config = cfg.model_copy(update={"lr": 1e-2 if ir.task == "causal-lm" else 2e-3})
         result = super().run(ir, ctx)
-        ctx.metrics.update({"rank": cfg.rank, "trainable_params": self.trainable_params})
+        ctx.metrics.update({"rank": self.config.lora.rank, "trainable_params": self.trainable_params})
         return result
+
+    def default_lr(self, ir) -> float:
+        return 10 * super().default_lr(ir)
 
     def trainable(self, model):
         from peft import LoraConfig, get_peft_model
 
-        cfg: LoraKDConfig = self.config
+        lora: LoraSettings = self.config.lora
         config = LoraConfig(
-            r=cfg.rank,
-            lora_alpha=cfg.lora_alpha or 2 * cfg.rank,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=cfg.target_modules,
-            use_rslora=cfg.use_rslora,
+            r=lora.rank,
+            lora_alpha=lora.alpha or 2 * lora.rank,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_rslora=lora.use_rslora,
             bias="none",
         )
         wrapped = get_peft_model(model, config)

@@ -65,6 +65,10 @@ class MoEToDense(Pass):
     Config = MoEToDenseConfig
     needs_data = True
 
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        return moe_section(report, metrics)
+
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: MoEToDenseConfig = self.config
         check_uniform_moe(ir)
@@ -181,3 +185,53 @@ def speed(moe: torch.nn.Module, dense: torch.nn.Module, ids: torch.Tensor, runs:
         "dense_tokens_per_s": round(tokens / dense_s, 1),
         "speedup": round(moe_s / dense_s, 3),
     }
+
+
+def moe_section(report: dict, gathered: dict) -> list[str]:
+    """What knowledge gathering did: per-layer reconstruction error, perplexity before refinement, speed."""
+    lines = [
+        "## MoE → dense",
+        "",
+        f"{gathered['from']} → {gathered['to']} by **{gathered['method']}**, dense FFN width "
+        f"{gathered['dense_width']}, calibrated on {gathered['calibration_tokens']} tokens. Mean reconstruction "
+        f"error of the dense FFN against the MoE block output (‖dense − moe‖² / ‖moe‖²): "
+        f"**{gathered['mean_reconstruction_error']}**.",
+        "",
+    ]
+    if "gathered_ppl" in gathered:
+        final = report["quality"]["student"].get("perplexity", "—")
+        lines += [
+            "| perplexity (held-out) | MoE teacher | right after gathering | after refinement |",
+            "|---|---|---|---|",
+            f"| | {gathered['moe_ppl']} | {gathered['gathered_ppl']} | {final} |",
+            "",
+        ]
+    lines += [
+        "| layer | reconstruction error | before the least-squares refit | router entropy (nats) | expert load |",
+        "|---|---|---|---|---|",
+    ]
+    for row in gathered["layers"]:
+        load = " ".join(f"{v:.2f}" for v in row["router"]["load"])
+        lines.append(
+            f"| {row['layer']} | {row['reconstruction_error']} | {row.get('error_before_refit', '—')} "
+            f"| {row['router']['entropy']} | {load} |"
+        )
+    speed = gathered.get("pytorch_speed")
+    if speed:
+        lines += [
+            "",
+            f"PyTorch ({speed['device']}, eager): MoE {speed['moe_tokens_per_s']} tokens/s, dense student "
+            f"{speed['dense_tokens_per_s']} tokens/s — **{speed['speedup']}×**.",
+        ]
+    onnx = report.get("speed")
+    if onnx and onnx.get("measured"):
+        student = onnx["student"]
+        lines += [
+            "",
+            f"Student ONNX (`{onnx['student_file']}`, target {report['target']['name']}): "
+            f"p50 {student['latency']['p50_ms']} ms at batch 1 × {onnx['seq']} tokens, "
+            f"{student['throughput_seq_per_s']} sequences/s at batch {onnx['throughput_batch']}.",
+        ]
+    elif onnx:
+        lines += ["", f"Student ONNX speed not measured: {onnx.get('reason')}."]
+    return lines + [""]

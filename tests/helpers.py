@@ -98,22 +98,15 @@ def outputs(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def pass_context(teacher, tmp_path, target="cpu", corpus_file: str = "tinystories_dev.txt"):
     """A PassContext for running one pass directly in a test (artifacts under tmp_path/artifacts)."""
-    from compressor.budget import Budget
     from compressor.data import load_corpus
     from passes.base import PassContext
     from targets import get_target
 
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
-    return PassContext(
-        teacher=teacher,
-        target=get_target(target) if isinstance(target, str) else target,
-        corpus=load_corpus(str(DATA / corpus_file)),
-        budget=Budget(),
-        scratch=tmp_path,
-        artifacts=artifacts,
-        show_progress=False,
-    )
+    target = get_target(target) if isinstance(target, str) else target
+    corpus = load_corpus(str(DATA / corpus_file))
+    return PassContext.for_run(teacher, target, tmp_path, corpus, artifacts=artifacts, show_progress=False)
 
 
 def make_tiny_classifier(path: Path, seed: int = 0) -> Path:

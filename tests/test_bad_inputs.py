@@ -142,7 +142,9 @@ def test_out_onto_a_data_or_recipe_file_is_refused(capsys, tmp_path, teacher, wh
 # ---- 2. folders the tool replaces on its own must be ours -----------------------------------------------
 def test_logit_cache_pointing_at_the_teacher_is_refused(capsys, tmp_path, teacher, out):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"passes:\n  - distill: {{steps: 2, teacher_signal: rs_cache, logit_cache: '{teacher}'}}\n")
+    recipe.write_text(
+        f"passes:\n  - distill: {{train.steps: 2, teacher: {{signal: rs_cache, logit_cache: '{teacher}'}}}}\n"
+    )
     before = tree_hashes(teacher)
     code, _, err = run(capsys, "model", teacher, "--recipe", recipe, "--data", TINYSTORIES, "--out", out)
     assert_bad_input(code, err, str(teacher), "not written by Compressor", "logit cache")
@@ -236,7 +238,7 @@ def test_eval_of_a_model_without_lineage_needs_a_teacher(capsys, teacher):
 
 def test_distill_pass_with_the_teacher_moved_away_is_refused(capsys, student, teacher, out):
     teacher.rename(teacher.with_name("moved"))
-    code, _, err = run(capsys, "pass", "distill", "--in", student, "--out", out, "--set", "steps=2")
+    code, _, err = run(capsys, "pass", "distill", "--in", student, "--out", out, "--set", "train.steps=2")
     assert_bad_input(code, err, str(teacher), "--teacher")
     assert nothing_left(out)
 
@@ -510,7 +512,7 @@ def test_recipe_typo_names_the_key(capsys, out, tmp_path, tiny_dirs):
 @pytest.mark.parametrize(
     "text,fragment",
     [
-        ("passes:\n  - distill: {steps: many}\n", "passes[0].distill.steps"),
+        ("passes:\n  - distill: {train.steps: many}\n", "passes[0].distill.train.steps"),
         ("- inherit: {}\n", "a recipe is a mapping"),
         ("teachr: x\n", "teachr: unknown key"),
         ("target: tpu\n", "target"),

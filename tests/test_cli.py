@@ -75,7 +75,7 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     assert len(gathered["layers"]) == 3 and "gathered_ppl" in gathered
     markdown = (out / "REPORT.md").read_text()
     assert "## MoE → dense" in markdown and "Student ONNX (`model" in markdown
-    assert report["student_onnx_speed"]["measured"] and report["student_onnx_speed"]["latency"]["p50_ms"] > 0
+    assert report["speed"]["measured"] and report["speed"]["student"]["latency"]["p50_ms"] > 0
     code, _, err = run(capsys, "bench", tiny_dirs["mixtral"], out, "--runs", "3", "--quiet")
     assert code == 0, err
     bench = json.loads((out / "report.json").read_text())["bench"]
@@ -211,7 +211,7 @@ def test_a_token_budget_sets_the_training_length(capsys, tmp_path, tiny_dirs):
     assert "distill: training 6.14k tokens (3 steps of 2,048 tokens" in err and "on this machine" in err
     distill = distill_metrics(out)
     plan = distill["metrics"]["plan"]
-    assert distill["config"]["train_tokens"] == 6000 and plan["reason"] == "train_tokens" and plan["steps"] == 3
+    assert distill["config"]["train"]["tokens"] == 6000 and plan["reason"] == "train_tokens" and plan["steps"] == 3
     assert distill["metrics"]["tokens"] == 3 * 2048 and distill["metrics"]["steps_done"] == 3
     assert [e["step"] for e in distill["metrics"]["evaluations"]] == [0, 3]  # held-out at the start and the end
 
@@ -227,7 +227,7 @@ def test_a_time_budget_caps_the_training(capsys, tmp_path, tiny_dirs):
     assert code == 0, err
     distill = distill_metrics(out)
     plan = distill["metrics"]["plan"]
-    assert distill["config"]["time_budget"] == 2 and distill["config"]["train_tokens"] == 50_000_000
+    assert distill["config"]["train"]["time"] == 2 and distill["config"]["train"]["tokens"] == 50_000_000
     assert plan["reason"] == "time_budget" and plan["time_limit"] == 2.4
     assert distill["metrics"]["steps_done"] <= plan["steps"] < 50_000_000 // 2048
 

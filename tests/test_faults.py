@@ -38,7 +38,8 @@ KILLABLE = textwrap.dedent("""
 
 STEPS = 16
 DISTILL = [
-    "--set", f"steps={STEPS}", "--set", "checkpoint_every=2", "--set", "batch_size=4", "--set", "seq_len=32",
+    "--set", f"train.steps={STEPS}", "--set", "train.checkpoint_every=2", "--set", "train.batch_size=4",
+    "--set", "train.seq_len=32",
     "--data", str(DATA / "tinystories_dev.txt"), "--quiet",
 ]  # fmt: skip
 

@@ -22,7 +22,7 @@ def context(teacher, scratch):
 def steps(distill_steps=3):
     return [
         Inherit(InheritConfig(strategy="uniform")),
-        Distill(DistillConfig(steps=distill_steps, batch_size=2, seq_len=32)),
+        Distill(DistillConfig(train=dict(steps=distill_steps, batch_size=2, seq_len=32))),
     ]
 
 

@@ -8,20 +8,25 @@ def test_a_good_recipe_validates(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(
         "target: edge\nbudget: {layers: 0.5}\npasses:\n  - inherit: {strategy: uniform}\n"
-        "  - distill: {steps: 10, lr: 0.001}\n  - export: {}\n"
+        "  - distill: {train.steps: 10, train: {lr: 0.001}, loss: {divergence: rkl}}\n  - export: {}\n"
     )
     recipe = load_recipe(path)
     assert recipe.target == "edge" and recipe.budget.layers == 0.5
     steps = build_passes(recipe.passes, "r.yaml")
     assert [s.name for s in steps] == ["inherit", "distill", "export"]
-    assert steps[1].config.steps == 10
+    train = steps[1].config.train
+    assert (train.steps, train.lr, steps[1].config.loss.divergence) == (10, 0.001, "rkl")
 
 
 @pytest.mark.parametrize(
     "raw,message",
     [
         ({"passes": [{"distill": {"stpes": 5}}]}, "passes[0].distill.stpes: unknown key"),
-        ({"passes": [{"inherit": {}}, {"distill": {"steps": "many"}}]}, "passes[1].distill.steps"),
+        ({"passes": [{"inherit": {}}, {"distill": {"train": {"steps": "many"}}}]}, "passes[1].distill.train.steps"),
+        ({"passes": [{"distill": {"train.stpes": 5}}]}, "passes[0].distill.train.stpes: unknown key"),
+        ({"passes": [{"distill": {"steps": 5}}]}, "passes[0].distill: steps: this setting is now train.steps"),
+        ({"passes": [{"distill": {"loss": "rkl"}}]}, "loss: this setting is now loss.divergence"),
+        ({"passes": [{"lora_kd": {"rank": 4}}]}, "rank: this setting is now lora.rank"),
         ({"budegt": {"layers": 0.5}}, "budegt: unknown key"),
         ({"budget": {"layers": 0}}, "budget.layers"),
         ({"budget": {"layers": 0.5, "params": 0.5}}, "either layers or params"),

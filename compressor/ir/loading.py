@@ -45,6 +45,15 @@ def read_config(path: Path, trust_remote_code: bool = False):
         raise UserError(f"{config_file}: transformers cannot read it ({str(exc).splitlines()[0]})") from None
 
 
+def family_of(path: Path) -> FamilyAdapter | None:
+    """The family adapter of the model directory `path`, or None when it cannot tell (loading reports why)."""
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        return adapter_for(model_type)
+    except (OSError, ValueError, AttributeError, UserError):
+        return None
+
+
 def parameter_names(adapter: FamilyAdapter, config) -> dict[str, tuple[int, ...]]:
     """The unique (tied ones once) parameter names and shapes the stock model expects, built on the meta device."""
     with torch.device("meta"):

@@ -67,8 +67,6 @@ class BestKeeper:
         return self.patience > 0 and self.state.bad_evaluations >= self.patience
 
     def save(self, model: torch.nn.Module, step: int) -> None:
-        from compressor.kd.checkpoints import dedupe_shared
-
         state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
         if self.folder is None:
             self._memory = state
@@ -107,3 +105,15 @@ class BestKeeper:
         device = next(model.parameters()).device
         model.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=False)
         return True
+
+
+def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied embeddings): keep the first name of each storage."""
+    seen: dict[tuple, str] = {}
+    out = {}
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen[key] = name
+            out[name] = tensor
+    return out

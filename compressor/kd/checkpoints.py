@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from compressor.fs import atomic_directory, sha256_file, write_atomically
+from compressor.kd.best import BestState, dedupe_shared
 
 if TYPE_CHECKING:
     from compressor.kd.train import Stateful, TrainResult
@@ -77,18 +78,6 @@ def save_checkpoint(
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps(files, indent=2))
     return folder
-
-
-def dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors sharing memory (tied embeddings): keep the first name of each storage."""
-    seen: dict[tuple, str] = {}
-    out = {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if key not in seen:
-            seen[key] = name
-            out[name] = tensor
-    return out
 
 
 def split_tensors(state: dict, path: Path) -> dict:
@@ -169,8 +158,6 @@ def load_checkpoint(
     result.losses, result.parts = meta["losses"], meta["parts"]
     result.evaluations, result.tokens = meta["evaluations"], meta["tokens"]
     result.seconds = float(meta.get("seconds", 0.0))
-    from compressor.kd.best import BestState
-
     result.best = BestState.from_dict(meta.get("best"))
     return int(meta["step"])
 

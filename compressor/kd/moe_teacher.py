@@ -24,9 +24,16 @@ from compressor.kd.losses import IGNORE_INDEX, lm_cross_entropy
 from compressor.moe_calibration import MODES, moe_blocks, routing_weights
 
 
+def moe_adapter():
+    """The registered MoE family's adapter (its blocks all share the router / experts accessors)."""
+    from compressor.ir.families import ADAPTERS
+
+    return next(a for a in ADAPTERS if a.is_moe)
+
+
 def routed_forward(block: torch.nn.Module, hidden: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The block's output under `state["mode"]`: Σ_e w_e(x)·expert_e(x) (+ the gated shared expert)."""
-    adapter = state["adapter"]
+    adapter = state.get("adapter") or moe_adapter()
     shape = hidden.shape
     x = hidden.reshape(-1, shape[-1])
     router_logits = adapter.router(block)(x)

@@ -140,30 +140,6 @@ def warmup_cosine(step: int, total: int, warmup: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for a device this machine lacks is an error, not a silent fallback."""
-    import re
-
-    from compressor.errors import UserError
-
-    if not re.fullmatch(DEVICE_PATTERN, str(device)):
-        raise UserError(f"device {device!r}: unknown device (use auto, cpu, cuda or cuda:N)")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device {device!r}: CUDA is not available on this machine")
-        index = int(device.split(":")[1]) if ":" in device else 0
-        if index >= torch.cuda.device_count():
-            raise UserError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise UserError(f"device {device!r}: MPS is not available on this machine")
-    return torch.device(device)
-
-
 def make_accelerator(device: torch.device, config: TrainConfig):
     from accelerate import Accelerator
 

@@ -18,7 +18,9 @@ def run_distill(teacher, tmp_path, **config):
 
 def test_lm_distillation_lowers_the_kd_loss_and_writes_weights_back(tiny_dirs, tmp_path):
     teacher = ModelIR.load(tiny_dirs["llama"])
-    student, trained, metrics = run_distill(teacher, tmp_path, steps=40, batch_size=4, seq_len=32, lr=3e-3, alpha=1.0)
+    student, trained, metrics = run_distill(
+        teacher, tmp_path, train=dict(steps=40, batch_size=4, seq_len=32, lr=3e-3), loss=dict(alpha=1.0)
+    )
     assert metrics["loss_last"] < metrics["loss_first"]
     name = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(student.weights[name], trained.weights[name])
@@ -27,7 +29,7 @@ def test_lm_distillation_lowers_the_kd_loss_and_writes_weights_back(tiny_dirs, t
 
 def test_encoder_distillation_lowers_the_embedding_loss(tiny_dirs, tmp_path):
     teacher = ModelIR.load(tiny_dirs["bert"])
-    _, trained, metrics = run_distill(teacher, tmp_path, steps=30, batch_size=8, seq_len=32, lr=1e-3)
+    _, trained, metrics = run_distill(teacher, tmp_path, train=dict(steps=30, batch_size=8, seq_len=32, lr=1e-3))
     assert metrics["loss_last"] < metrics["loss_first"]
     assert trained.family == "bert"
 
@@ -38,13 +40,9 @@ def test_every_lm_loss_trains_the_student(tiny_dirs, tmp_path, loss):
     student, trained, metrics = run_distill(
         teacher,
         tmp_path,
-        steps=6,
-        batch_size=2,
-        seq_len=16,
-        loss=loss,
-        alpha=1.0,
-        temperature_schedule="dts" if loss == "tvd" else "constant",
-        eval_every=0,  # the last weights, not the best held-out ones (which may be the untrained student's)
+        # eval_every 0: the last weights, not the best held-out ones (which may be the untrained student's)
+        train=dict(steps=6, batch_size=2, seq_len=16, eval_every=0),
+        loss=dict(divergence=loss, alpha=1.0, temperature_schedule="dts" if loss == "tvd" else "constant"),
     )
     name = "model.layers.1.self_attn.q_proj.weight"
     assert not torch.equal(student.weights[name], trained.weights[name])
@@ -55,7 +53,11 @@ def test_rs_kd_cache_is_built_once_reused_and_refused_for_another_teacher(tiny_d
     from compressor.errors import UserError
 
     teacher = ModelIR.load(tiny_dirs["llama"])
-    config = dict(steps=4, batch_size=2, seq_len=16, teacher_signal="rs_cache", cache_draws=20, alpha=1.0)
+    config = dict(
+        train=dict(steps=4, batch_size=2, seq_len=16),
+        teacher=dict(signal="rs_cache", cache_draws=20),
+        loss=dict(alpha=1.0),
+    )
     _, trained, metrics = run_distill(teacher, tmp_path / "a", **config)
     assert metrics["logit_cache"]["reused"] is False and 1 <= metrics["logit_cache"]["mean_kept_tokens"] <= 20
     _, again, metrics = run_distill(teacher, tmp_path / "b", **config)
@@ -65,7 +67,7 @@ def test_rs_kd_cache_is_built_once_reused_and_refused_for_another_teacher(tiny_d
     folder = metrics["logit_cache"]["folder"]
     other = ModelIR.load(tiny_dirs["mistral"])
     with pytest.raises(UserError, match="another teacher"):
-        run_distill(other, tmp_path / "c", **config, logit_cache=folder)
+        run_distill(other, tmp_path / "c", **{**config, "teacher": {**config["teacher"], "logit_cache": folder}})
 
 
 def test_lora_kd_merged_logits_equal_adapter_logits(tiny_dirs, tmp_path):
@@ -76,7 +78,7 @@ def test_lora_kd_merged_logits_equal_adapter_logits(tiny_dirs, tmp_path):
 
     teacher = ModelIR.load(tiny_dirs["qwen2"])
     student = teacher.drop_layers([0, 2])
-    step = LoraKD(LoraKDConfig(steps=8, batch_size=2, seq_len=16, rank=4, eval_every=0))
+    step = LoraKD(LoraKDConfig(train=dict(steps=8, batch_size=2, seq_len=16, eval_every=0), lora=dict(rank=4)))
     ctx = pass_context(teacher, tmp_path)
     captured = {}
     original = step.finished
@@ -107,7 +109,11 @@ def test_on_policy_batches_train_on_student_samples(tiny_dirs, tmp_path):
 
     teacher = ModelIR.load(tiny_dirs["llama"])
     student, trained, metrics = run_distill(
-        teacher, tmp_path, steps=6, batch_size=2, seq_len=16, on_policy=1.0, loss="jsd", checkpoint_every=0
+        teacher,
+        tmp_path,
+        train=dict(steps=6, batch_size=2, seq_len=16, checkpoint_every=0),
+        on_policy=dict(share=1.0),
+        loss=dict(divergence="jsd"),
     )
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(line.get("on_policy") == 1.0 and line["ce"] == 0.0 for line in lines)
@@ -118,7 +124,7 @@ def test_on_policy_batches_train_on_student_samples(tiny_dirs, tmp_path):
 
 def test_teacher_generated_corpus_is_made_once_and_reused(tiny_dirs, tmp_path):
     teacher = ModelIR.load(tiny_dirs["llama"])
-    config = dict(steps=3, batch_size=2, seq_len=16, data_source="teacher", seqkd_prompt_tokens=4)
+    config = dict(train=dict(steps=3, batch_size=2, seq_len=16), data=dict(source="teacher", prompt_tokens=4))
     _, first, metrics = run_distill(teacher, tmp_path / "a", **config)
     assert metrics["teacher_corpus"] == {**metrics["teacher_corpus"], "sequences": 6, "reused": False}
     _, second, metrics = run_distill(teacher, tmp_path / "b", **config)
@@ -134,15 +140,9 @@ def test_adaptive_off_policy_trains_on_generated_and_replayed_batches(tiny_dirs,
     run_distill(
         teacher,
         tmp_path,
-        steps=12,
-        batch_size=2,
-        seq_len=16,
-        adaptive_off_policy=True,
-        replay_phi=0.9,
-        replay_capacity=2,
-        eval_every=6,
-        eval_blocks=2,
-        loss="skew_kl",
+        train=dict(steps=12, batch_size=2, seq_len=16, eval_every=6, eval_blocks=2),
+        on_policy=dict(adaptive=True, replay_phi=0.9, replay_capacity=2),
+        loss=dict(divergence="skew_kl"),
     )
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     kinds = {"generated" if "generated" in line else "replayed" if "replayed" in line else "data" for line in lines}
@@ -156,7 +156,9 @@ def test_hidden_and_relation_losses_start_at_zero_for_a_copy_of_the_teacher(tiny
     teacher = ModelIR.load(tiny_dirs["qwen3"])
     ctx = pass_context(teacher, tmp_path)
     ctx.run_dir = tmp_path / "run"
-    config = DistillConfig(steps=3, batch_size=2, seq_len=16, hidden_weight=1.0, relation_weight=1.0, lr=1e-3)
+    config = DistillConfig(
+        train=dict(steps=3, batch_size=2, seq_len=16, lr=1e-3), loss=dict(hidden_weight=1.0, relation_weight=1.0)
+    )
     trained = Distill(config).run(teacher, ctx)  # the student is the teacher itself
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["hidden"] < 1e-10 and first["relation"] < 1e-6 and first["kd"] < 1e-6
@@ -167,7 +169,9 @@ def test_hidden_loss_trains_a_projection_for_a_different_width(tiny_dirs, tmp_pa
     teacher = ModelIR.load(tiny_dirs["llama"])
     narrow = teacher.drop_layers([0, 2]).slice_group("hidden", list(range(24)))
     ctx = pass_context(teacher, tmp_path)
-    trained = Distill(DistillConfig(steps=4, batch_size=2, seq_len=16, hidden_weight=1.0)).run(narrow, ctx)
+    trained = Distill(DistillConfig(train=dict(steps=4, batch_size=2, seq_len=16), loss=dict(hidden_weight=1.0))).run(
+        narrow, ctx
+    )
     assert trained.config.hidden_size == 24 and ctx.metrics["loss_last"] > 0
 
 
@@ -186,7 +190,9 @@ def test_moe_teacher_routing_modes_train_the_dense_student(tiny_dirs, tmp_path, 
     student = dense_student_of(teacher, tmp_path)
     ctx = pass_context(teacher, tmp_path)
     before = [p.detach().clone() for p in router_parameters(ctx.teacher_model)]
-    config = DistillConfig(steps=3, batch_size=2, seq_len=32, teacher_routing=routing, checkpoint_every=0)
+    config = DistillConfig(
+        train=dict(steps=3, batch_size=2, seq_len=32, checkpoint_every=0), teacher=dict(routing=routing)
+    )
     trained = Distill(config).run(student, ctx)
     name = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(student.weights[name], trained.weights[name])
@@ -200,4 +206,4 @@ def test_moe_routing_modes_need_an_moe_teacher(tiny_dirs, tmp_path):
 
     teacher = ModelIR.load(tiny_dirs["llama"])
     with pytest.raises(UserError, match="not a mixture of experts"):
-        run_distill(teacher, tmp_path, steps=1, batch_size=2, seq_len=32, teacher_routing="ka")
+        run_distill(teacher, tmp_path, train=dict(steps=1, batch_size=2, seq_len=32), teacher=dict(routing="ka"))

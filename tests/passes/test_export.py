@@ -142,7 +142,7 @@ def test_a_broken_quantized_model_is_dropped_with_the_reason_in_the_report(tiny_
     from onnx import numpy_helper
 
     import passes.export_variants as variants
-    from compressor.deploy_report import deployment_lines
+    from passes.export_report import deployment_lines
 
     real = variants.write_variant
 

@@ -1,8 +1,33 @@
-"""The report's Deployment section: the shipped file, the graph it came from, tied weights, and every quantized
-variant with its gate figures, whether it shipped or was dropped (issue 14 §3: the figures are shown either way).
+"""The export pass's part of the report: report.json's "onnx" and "deployment" entries, and REPORT.md's ONNX
+validation and Deployment sections — the shipped file, the graph it came from, tied weights, and every quantized
+variant with its gate figures, whether it shipped or was dropped (the figures are shown either way).
 """
 
 from __future__ import annotations
+
+VALIDATION_FIGURES = (
+    "max_abs_diff",
+    "mean_abs_diff",
+    "max_abs_diff_kv_cache_step",
+    "top1_agreement",
+    "min_embedding_cosine",
+    "generation_identical",
+    "generation_ties",
+    "tolerance",
+    "onnx_bytes",
+)
+DEPLOYMENT_KEYS = (
+    "optimization", "quantization", "quantization_tried", "deploy_file", "tied_weights", "graph", "genai",
+)  # fmt: skip
+
+
+def report_fields(metrics: dict) -> dict:
+    """report.json's "onnx" (the validation figures) and "deployment" (what ships, and why)."""
+    return {"onnx": metrics.get("validation"), "deployment": {k: metrics.get(k) for k in DEPLOYMENT_KEYS}}
+
+
+def cell(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def megabytes(n: int | None) -> str:
@@ -51,3 +76,22 @@ def deployment_lines(deployment: dict) -> list[str]:
         unvalidated = [v for v in tried if v.get("validated") is False]
         lines += [f"- {v['reason']}." for v in unvalidated]
     return lines + [""]
+
+
+def onnx_lines(report: dict) -> list[str]:
+    """REPORT.md's "ONNX validation" and "Deployment" sections."""
+    onnx = report.get("onnx")
+    if not onnx:
+        return []
+    lines = [
+        "## ONNX validation",
+        "",
+        f"Task `{onnx['task']}`, dtype {onnx['dtype']}, providers {', '.join(onnx['providers'])}: "
+        f"**{'passed' if onnx['passed'] else 'FAILED'}**",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {cell(onnx[key])} |" for key in VALIDATION_FIGURES if key in onnx]
+    lines += [f"- {note}" for note in onnx.get("notes", [])] + [""]
+    return lines + deployment_lines(report.get("deployment") or {})

@@ -36,7 +36,7 @@ from compressor.data import lm_blocks, load_corpus
 from compressor.evaluate import perplexity
 from compressor.ir.families import adapter_of_model
 from compressor.kd.train import IndexedBatches, TrainConfig, train
-from compressor.moe_calibration import capture_moe_io, moe_blocks, router_statistics
+from compressor.moe.routing import capture_moe_io, moe_blocks, router_statistics
 from passes.base import load_tokenizer
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")

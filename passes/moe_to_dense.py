@@ -1,7 +1,7 @@
 """`moe_to_dense`: every MoE layer's experts and router become one dense FFN (ALGORITHMS §5).
 
 Mixtral → Mistral, Qwen2-MoE → Qwen2, Qwen3-MoE → Qwen3; attention, norms and embeddings are copied. The math
-lives in `compressor.gathering` (pure, tested); this pass runs the teacher on calibration tokens (router
+lives in `compressor.moe.gathering` (pure, tested); this pass runs the teacher on calibration tokens (router
 frequencies, neuron importance, the shared expert's mean gate), gathers, and reports per layer the
 reconstruction error of the dense FFN against the MoE block's output on those tokens, plus perplexity and
 PyTorch speed of the MoE and of the dense model right after gathering. Refinement is `distill` (with
@@ -24,7 +24,8 @@ from pydantic import Field
 from compressor.data import lm_blocks
 from compressor.errors import UserError
 from compressor.evaluate import perplexity
-from compressor.gathering import (
+from compressor.ir import ModelIR
+from compressor.moe.gathering import (
     METHODS,
     DenseFFN,
     ExpertStack,
@@ -34,8 +35,7 @@ from compressor.gathering import (
     relative_error,
     routing_frequencies,
 )
-from compressor.ir import ModelIR
-from compressor.moe_calibration import capture_moe_io, router_statistics, routing_weights
+from compressor.moe.routing import capture_moe_io, router_statistics, routing_weights
 from passes.base import Pass, PassConfig, PassContext, register
 
 

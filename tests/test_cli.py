@@ -295,3 +295,20 @@ def test_library_warnings_go_to_the_log_and_the_summary_reads_as_sentences(capsy
     assert "Found different candidate ONNX initializers" in log  # Optimum's warning on a tied head, in the log
     assert "{" not in printed and "quality, student: perplexity" in printed
     assert f"deploy: {out}/onnx/" in printed and f"report: {out}/REPORT.md" in printed
+
+
+def test_inspect_draws_the_graph_with_its_groups_and_never_replaces_a_file_unasked(capsys, tmp_path, tiny_dirs):
+    picture = tmp_path / "graph.png"
+    code, out, err = run(capsys, "inspect", tiny_dirs["mixtral"], "--graph", picture, "--json")
+    assert code == 0, err
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    groups = json.loads(out)["graph"]["groups"]
+    assert {"hidden", "layer.0.heads", "layer.0.ffn", "layer.0.experts"} <= set(groups)
+    assert "coupled groups: experts, ffn, heads, hidden" in err
+    before = picture.read_bytes()
+    code, _, err = run(capsys, "inspect", tiny_dirs["llama"], "--graph", picture)
+    assert code == 2 and "already exists; pass --overwrite" in err and picture.read_bytes() == before
+    code, _, err = run(capsys, "inspect", tiny_dirs["llama"], "--graph", tmp_path / "graph.svg")
+    assert code == 2 and "ending in .png" in err and not (tmp_path / "graph.svg").exists()
+    code, _, err = run(capsys, "inspect", tiny_dirs["llama"], "--graph", picture, "--overwrite")
+    assert code == 0 and picture.read_bytes() != before

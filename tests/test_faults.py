@@ -121,7 +121,7 @@ def test_two_identical_runs_sharing_a_cache_both_succeed_and_compute_once(tmp_pa
     cache = tmp_path / "cache"
     env = {**os.environ, "COMPRESSOR_CACHE": str(cache), "PYTHONPATH": os.getcwd()}
     args = ["pass", "distill", "--in", str(tiny_dirs["llama"]), *DISTILL[:-1]]
-    args[args.index(f"steps={STEPS}")] = "steps=60"
+    args[args.index(f"train.steps={STEPS}")] = "train.steps=60"
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), "-1", *args, "--out", str(tmp_path / f"out{i}")],

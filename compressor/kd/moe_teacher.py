@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from compressor.kd.divergences import DIVERGENCES, valid_rows
 from compressor.kd.losses import IGNORE_INDEX, lm_cross_entropy
-from compressor.moe_calibration import MODES, moe_blocks, routing_weights
+from compressor.moe.routing import MODES, moe_blocks, routing_weights
 
 
 def moe_adapter():

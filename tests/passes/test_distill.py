@@ -8,10 +8,10 @@ from passes.distill import Distill, DistillConfig
 from tests.helpers import pass_context
 
 
-def run_distill(teacher, tmp_path, **config):
-    ctx = pass_context(teacher, tmp_path)
+def run_distill(teacher_ir, tmp_path, **config):
+    ctx = pass_context(teacher_ir, tmp_path)
     ctx.run_dir = tmp_path / "run"
-    student = teacher.drop_layers([0, 2])
+    student = teacher_ir.drop_layers([0, 2])
     trained = Distill(DistillConfig(**config)).run(student, ctx)
     return student, trained, ctx.metrics
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from compressor.errors import UserError
-from compressor.gathering import relative_error
 from compressor.ir import ModelIR
-from compressor.moe_calibration import capture_moe_io
+from compressor.moe.gathering import relative_error
+from compressor.moe.routing import capture_moe_io
 from passes.export import Export, ExportConfig
 from passes.moe_to_dense import MoEToDense, MoEToDenseConfig
 from tests.helpers import MOES, pass_context

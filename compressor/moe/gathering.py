@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from compressor.moe_calibration import routing_weights
+from compressor.moe.routing import routing_weights
 
 
 @dataclass(frozen=True)

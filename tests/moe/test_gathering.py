@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.gathering import (
+from compressor.moe.gathering import (
     DenseFFN,
     ExpertStack,
     aggregate,
@@ -89,7 +89,7 @@ def test_routing_frequencies_follow_the_router():
     w = routing_frequencies(logits, top_k=2)
     assert torch.isclose(w.sum(), torch.tensor(1.0))
     assert w[0] > w[1] > 0 and w[3] == 0 and torch.isclose(w[1], w[2])
-    from compressor.moe_calibration import routing_weights
+    from compressor.moe.routing import routing_weights
 
     gates = routing_weights(logits, 2, True, "topk")
     assert torch.allclose(gates.sum(-1), torch.ones(2)) and int((gates > 0).sum()) == 4
@@ -154,7 +154,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_refit_recovers_the_down_projection_that_made_the_outputs():
-    from compressor.gathering import refit_down
+    from compressor.moe.gathering import refit_down
 
     s = stack()
     x = torch.randn(400, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -165,7 +165,7 @@ def test_refit_recovers_the_down_projection_that_made_the_outputs():
 
 
 def test_refit_never_reconstructs_worse_than_the_gathered_ffn():
-    from compressor.gathering import refit_down
+    from compressor.moe.gathering import refit_down
 
     s = stack()
     x = torch.randn(300, D, dtype=torch.float64, generator=torch.Generator().manual_seed(6))

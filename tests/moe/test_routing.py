@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from compressor.kd.moe_teacher import routed_forward
-from compressor.moe_calibration import capture_moe_io, moe_blocks, router_statistics
+from compressor.moe.routing import capture_moe_io, moe_blocks, router_statistics
 from tests.helpers import make_tiny
 
 

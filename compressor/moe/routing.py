@@ -1,10 +1,9 @@
-"""What each MoE layer sees and says on calibration tokens: the inputs and outputs of its sparse block.
+"""The MoE routing rule and what each MoE layer sees and says on calibration tokens.
 
-Knowledge gathering (ALGORITHMS §5b, §8) needs, per layer, the router's decisions on real tokens (for routing
-frequencies and neuron importance) and the block's output (for the reconstruction error of the dense FFN).
-Captured with forward hooks on the teacher itself, so the numbers are those of the model as it runs.
-`routing_weights` is the one place the routing rule lives: gathering reads the model's own top-k from it, and
-the refinement teacher modes (§5c) its sampled and dense variants.
+`routing_weights` is the one rule for turning router logits into expert weights (top-k as the model does it, KA's
+sampled routing, SAR's dense mixture); training's teacher modes and gathering both use it. Knowledge gathering
+(ALGORITHMS §5b, §8) also needs, per layer, the router's decisions on real tokens and the block's output (for the
+reconstruction error of the dense FFN), captured with forward hooks on the teacher itself.
 """
 
 from __future__ import annotations

@@ -1,0 +1,2 @@
+"""Mixture-of-experts helpers: the routing rule (training, calibration, KA/SAR teachers) and knowledge gathering
+(ALGORITHMS §5)."""

@@ -282,8 +282,10 @@ def run_pass(
     cache_dir: str | None = None,
     use_cache: bool = True,
     show_progress: bool = True,
+    verbose: bool = False,
 ) -> dict:
-    """One pass on one model directory, for CI/CD: `compress pass NAME --in DIR --out DIR --set k=v`."""
+    """One pass on one model directory, for CI/CD: `compress pass NAME --in DIR --out DIR --set k=v`; the
+    libraries' warnings and logs go to OUT/logs/compress.log (and stderr too with `verbose`)."""
     cls = get_pass(name)
     overrides = parse_assignments(assignments or [])
     step = build_passes([{name: overrides}], "--set")[0]
@@ -301,7 +303,11 @@ def run_pass(
     dev = resolve_device(device)
     check_teacher(ir, source_path)
     cache = prepared_cache(cache_dir, use_cache)
-    with atomic_output(out_path, overwrite) as tmp, scratch_directory() as scratch:
+    with (
+        atomic_output(out_path, overwrite) as tmp,
+        scratch_directory() as scratch,
+        third_party_output(tmp / "logs" / "compress.log", verbose),
+    ):
         ctx = PassContext.for_run(
             teacher_ir,
             target_obj,

@@ -13,6 +13,7 @@ from compressor.fs import scratch_directory, write_atomically
 from compressor.ir import ModelIR
 from compressor.outputs import atomic_output, check_output, prepared_cache
 from compressor.pipeline import run_pipeline
+from compressor.quiet import third_party_output
 from compressor.report import bench_section, markdown, plot_bench
 from passes.base import PassContext
 from targets import get_target
@@ -37,6 +38,7 @@ def bench(
     runs: int = 20,
     overwrite: bool = False,
     show_progress: bool = True,
+    verbose: bool = False,
 ) -> dict:
     """`compress bench`: teacher (PyTorch eager, ONNX) against student (ONNX fp32 and quantized), side by side.
 
@@ -67,7 +69,7 @@ def bench(
     causal = teacher_ir.task == "causal-lm"
     vocab = int(teacher_ir.config.vocab_size)
     available, why = target_obj.hardware()
-    with scratch_directory("bench") as scratch_path:
+    with scratch_directory("bench") as scratch_path, third_party_output(scratch_path / "bench.log", verbose):
         # a teacher Optimum cannot export (an MoE) is measured in PyTorch only
         unexportable = teacher_ir.adapter.onnx_exportable(teacher_ir.config)
         teacher_onnx = (
@@ -106,9 +108,10 @@ def bench(
                 variants[name]["decode"] = target_obj.decode(file, vocab)
         if causal and available:
             variants["teacher_pytorch"]["decode"] = torch_decode_speed(model, vocab)
+        log = (scratch_path / "bench.log").read_text() if (scratch_path / "bench.log").exists() else ""
     result = summarize_bench(variants, teacher_ir, student_ir, target_obj, runs)
     destination = run_dir if (is_run and not out) else Path(out)
-    write_bench(result, destination, is_run and not out, overwrite)
+    write_bench(result, destination, is_run and not out, overwrite, log)
     return result
 
 
@@ -141,8 +144,11 @@ def summarize_bench(variants: dict, teacher_ir: ModelIR, student_ir: ModelIR, ta
     return result
 
 
-def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool) -> None:
+def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool, log: str = "") -> None:
+    """The figures into the run's report (and its log beside the run's), or into a folder of their own."""
     if into_run:
+        (destination / "logs").mkdir(exist_ok=True)
+        write_atomically(destination / "logs" / "bench.log", log)
         report = read_report(destination / "report.json")
         result["plot"] = plot_bench(result, destination / "plots")
         report["bench"] = result
@@ -153,6 +159,8 @@ def write_bench(result: dict, destination: Path, into_run: bool, overwrite: bool
         result["plot"] = plot_bench(result, tmp / "plots")
         (tmp / "bench.json").write_text(json.dumps(result, indent=2, default=str))
         (tmp / "BENCH.md").write_text("\n".join(["# Benchmark", "", *bench_section(result)]))
+        (tmp / "logs").mkdir()
+        (tmp / "logs" / "bench.log").write_text(log)
 
 
 def read_report(path: Path) -> dict:

@@ -23,6 +23,9 @@ app = typer.Typer(
 )
 
 Target = Annotated[str, typer.Option("--target", "-t", help="deployment target: cpu, gpu or edge")]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="show third-party warnings and logs on stderr too (always in OUT/logs/)")
+]
 
 
 @app.command()
@@ -56,9 +59,7 @@ def model(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the pass cache")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="allow the teacher's own Python code to run")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", help="show third-party warnings and logs (always in OUT/logs/compress.log)")
-    ] = False,
+    verbose: Verbose = False,
     no_bench: Annotated[
         bool, typer.Option("--no-bench", help="skip the quick teacher-vs-student speed measurement")
     ] = False,
@@ -208,6 +209,7 @@ def run_pass(
     device: Annotated[str, typer.Option()] = "auto",
     no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Run one pass on one model directory (for CI/CD); prints the pass's metrics as JSON."""
     from compressor.api import run_pass as api_run_pass
@@ -226,6 +228,7 @@ def run_pass(
         device,
         use_cache=not no_cache,
         show_progress=not quiet,
+        verbose=verbose,
     )
     print(json.dumps(summary, indent=2, default=str))
 
@@ -240,13 +243,14 @@ def export(
     data: Annotated[str | None, typer.Option(help="text for the validation gate; default: built-in corpus")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Export a model directory to validated ONNX for a target."""
+    """Export a model directory to validated ONNX for a target (library output goes to OUT/logs/compress.log)."""
     from compressor.api import run_pass as api_run_pass
 
     destination = out or f"{path.rstrip('/')}-onnx-{target}"
     summary = api_run_pass(
-        "export", path, destination, [], None, data, target, None, overwrite, show_progress=not quiet
+        "export", path, destination, [], None, data, target, None, overwrite, show_progress=not quiet, verbose=verbose
     )
     print(json.dumps(summary, indent=2, default=str))
 
@@ -274,11 +278,13 @@ def bench(
     runs: Annotated[int, typer.Option(min=3, help="timed runs per figure")] = 20,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Teacher (PyTorch eager, ONNX) vs student (ONNX fp32, quantized): latency, throughput, FLOPs ratio."""
     from compressor.benchmark import bench as api_bench
 
-    print(json.dumps(api_bench(teacher, student, target, out, runs, overwrite, not quiet), indent=2, default=str))
+    result = api_bench(teacher, student, target, out, runs, overwrite, not quiet, verbose)
+    print(json.dumps(result, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -297,6 +297,15 @@ def test_library_warnings_go_to_the_log_and_the_summary_reads_as_sentences(capsy
     assert f"deploy: {out}/onnx/" in printed and f"report: {out}/REPORT.md" in printed
 
 
+def test_export_and_pass_send_library_warnings_to_their_log(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "onnx"
+    code, _, err = run(capsys, "pass", "export", "--in", tiny_dirs["qwen2"], "--out", out, "--quiet", "--no-cache")
+    assert code == 0, err
+    noise = [line for line in err.splitlines() if "Warning" in line or "warn(" in line or "deprecated" in line]
+    assert noise == []
+    assert "Found different candidate ONNX initializers" in (out / "logs" / "compress.log").read_text()
+
+
 def test_inspect_draws_the_graph_with_its_groups_and_never_replaces_a_file_unasked(capsys, tmp_path, tiny_dirs):
     picture = tmp_path / "graph.png"
     code, out, err = run(capsys, "inspect", tiny_dirs["mixtral"], "--graph", picture, "--json")

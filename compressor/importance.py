@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -56,3 +56,105 @@ def layer_block_influence(model, batches: Iterable[dict[str, torch.Tensor]]) -> 
         for handle in handles:
             handle.remove()
     return scores
+
+
+# ---- width: Minitron activation importance (ALGORITHMS §8) -------------------------------------------------------
+
+
+def minitron_batch_term(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One batch's contribution a_c = Σ_b (mean_s |X_{b,s,c}|)² for activations X [B, S, C] (padding excluded
+    from the sequence mean when `mask` [B, S] is given). The importance is √(Σ over batches)."""
+    magnitude = x.float().abs()
+    if mask is None:
+        mean = magnitude.mean(1)
+    else:
+        weights = mask.to(magnitude.dtype).unsqueeze(-1)
+        mean = (magnitude * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    return (mean**2).sum(0)
+
+
+def head_scores(channel_scores: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Head importance = ‖I_c over the head's channels‖₂, from channel scores [..., heads·head_dim]."""
+    return channel_scores.reshape(*channel_scores.shape[:-1], -1, head_dim).norm(dim=-1)
+
+
+@torch.no_grad()
+def activation_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Minitron's activation scores from forward hooks on calibration batches (fp32 accumulation):
+    `ffn` [L, f] from the input of the FFN output projection, `heads` [L, h] from the input of the attention
+    output projection (‖·‖₂ over each head's channels), `hidden` [d] summed over the outputs of every layer's
+    norms (after the norm weight)."""
+    from compressor.ir.families import adapter_of_model
+
+    adapter = adapter_of_model(model)
+    layers = adapter.decoder_layers(model)
+    _, _, head_dim = adapter.attention_shape(model.config)
+    sums: dict[tuple, torch.Tensor] = {}
+    mask_now: list[torch.Tensor | None] = [None]
+
+    def add(key, x):
+        term = minitron_batch_term(x, mask_now[0])
+        sums[key] = sums[key] + term if key in sums else term
+
+    def on_input(key):
+        return lambda module, args: add(key, args[0])
+
+    def on_output(key):
+        return lambda module, args, output: add(key, output[0] if isinstance(output, tuple) else output)
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(adapter.attention_output_projection(layer).register_forward_pre_hook(on_input(("heads", i))))
+        try:
+            handles.append(adapter.ffn_output_projection(layer).register_forward_pre_hook(on_input(("ffn", i))))
+        except NotImplementedError:
+            pass
+        for j, norm in enumerate(adapter.hidden_norms(layer)):
+            handles.append(norm.register_forward_hook(on_output(("hidden", i, j))))
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            mask_now[0] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    scores = {
+        "heads": head_scores(torch.stack([sums[("heads", i)] for i in range(len(layers))]).sqrt(), head_dim),
+        "hidden": sum(v.sqrt() for k, v in sums.items() if k[0] == "hidden"),
+    }
+    if ("ffn", 0) in sums:
+        scores["ffn"] = torch.stack([sums[("ffn", i)] for i in range(len(layers))]).sqrt()
+    return scores
+
+
+# ---- width: weight magnitude and first-order Taylor, per unit of a coupled group --------------------------------
+
+
+def unit_scores(tensors: Mapping[str, torch.Tensor], members, units: int, reduce: str) -> torch.Tensor:
+    """Per-unit scores of one coupled group from per-element values `tensors` (weights, or weight × gradient):
+    `reduce="l2"`: √Σ v² over every element of the unit in every member (magnitude); `"sum_abs"`: |Σ v| (Taylor,
+    the first-order change of the loss when the unit is removed). A slice shared by `share` units (a GQA kv head)
+    counts toward each of them."""
+    total = torch.zeros(units, dtype=torch.float64)
+    for member in members:
+        if member.axis is None or member.name not in tensors:
+            continue
+        value = tensors[member.name].detach().double().movedim(member.axis, 0)
+        slices = value.reshape(value.shape[0] // member.unit, -1)
+        part = (slices**2).sum(1) if reduce == "l2" else slices.sum(1)
+        total += part.repeat_interleave(member.share)[:units]
+    return total.sqrt() if reduce == "l2" else total.abs()
+
+
+def magnitude_importance(weights: Mapping[str, torch.Tensor], members, units: int) -> torch.Tensor:
+    """‖unit‖₂ over the group's tensors: the data-free baseline (Torch-Pruning's magnitude criterion)."""
+    return unit_scores(weights, members, units, "l2")
+
+
+def taylor_importance(weights: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor], members, units: int):
+    """|Σ_{w in unit} w·∂L/∂w|: first-order Taylor estimate of the loss change when the unit is zeroed."""
+    products = {n: weights[n].detach().double() * grads[n].double() for n in grads if n in weights}
+    return unit_scores(products, members, units, "sum_abs")

@@ -172,6 +172,18 @@ class FamilyAdapter(ABC):
         found = {name.split(".")[-1]: module for name, module in layer.named_modules()}
         return {role: found[name] for role, name in zip("qkv", self.qkv_names, strict=True)}
 
+    def ffn_output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """The linear map whose input is the FFN's units (Minitron hooks it to score FFN units, ALGORITHMS §8)."""
+        raise NotImplementedError(f"{self.name}: no single FFN output projection")
+
+    def attention_output_projection(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """The linear map whose input is the concatenated per-head attention outputs (scores heads, §8)."""
+        raise NotImplementedError(f"{self.name}: no attention output projection")
+
+    def hidden_norms(self, layer: torch.nn.Module) -> list[torch.nn.Module]:
+        """The layer's norms whose outputs are hidden-stream channels (scores hidden channels, §8)."""
+        raise NotImplementedError(f"{self.name}: no hidden norms")
+
     # ---- graph --------------------------------------------------------------------------------
     @abstractmethod
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:

@@ -37,6 +37,15 @@ class BertAdapter(FamilyAdapter):
     def is_classifier(self, config) -> bool:
         return any(arch.endswith("ForSequenceClassification") for arch in getattr(config, "architectures", None) or [])
 
+    def ffn_output_projection(self, layer):
+        return layer.output.dense
+
+    def attention_output_projection(self, layer):
+        return layer.attention.output.dense
+
+    def hidden_norms(self, layer):
+        return [layer.attention.output.LayerNorm, layer.output.LayerNorm]
+
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:
         names = list(shapes)
         hidden, heads = config.hidden_size, config.num_attention_heads

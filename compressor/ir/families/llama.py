@@ -54,6 +54,16 @@ class LlamaAdapter(FamilyAdapter):
     def unit_counts(self, config) -> dict[str, int]:
         return {**super().unit_counts(config), "heads": int(config.num_attention_heads)}
 
+    # ---- modules of a materialized model ----------------------------------------------------------
+    def ffn_output_projection(self, layer):
+        return layer.mlp.down_proj
+
+    def attention_output_projection(self, layer):
+        return layer.self_attn.o_proj
+
+    def hidden_norms(self, layer):
+        return [layer.input_layernorm, layer.post_attention_layernorm]
+
     # ---- graph ----------------------------------------------------------------------------------
     def blocks(self, config, shapes: Mapping[str, tuple[int, ...]], context: int) -> list[Block]:
         names = list(shapes)

@@ -102,6 +102,9 @@ class MoEAdapter(LlamaAdapter):
             return None
         return block.shared_expert, block.shared_expert_gate
 
+    def ffn_output_projection(self, layer):
+        raise NotImplementedError("moe: each expert has its own output projection; score experts instead")
+
     # ---- graph ------------------------------------------------------------------------------------
     def ffn_block(self, config, layer, names, shapes) -> Block:
         experts = sorted({int(m["expert"]) for n in names if (m := EXPERT_PATTERN.search(n))})

@@ -97,21 +97,25 @@ class Inherit(Pass):
             return list(range(count))
         if cfg.strategy == "last":
             return list(range(total - count, total))
-        scores = layer_block_influence(ir.materialize(ctx.device), self.calibration(ir, ctx))
+        scores = layer_block_influence(
+            ir.materialize(ctx.device),
+            calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size, cfg.seq_len),
+        )
         ctx.metrics["block_influence"] = [round(s, 6) for s in scores]
         ranked = sorted(range(total), key=lambda i: scores[i], reverse=True)
         return sorted(ranked[:count])
 
-    def calibration(self, ir: ModelIR, ctx: PassContext):
-        cfg: InheritConfig = self.config
-        corpus = ctx.require_corpus(self.name)
-        n = cfg.calibration_batches * cfg.calibration_batch_size
-        if ir.task == "causal-lm":
-            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=n, name=corpus.name)
-            for start in range(0, len(blocks), cfg.calibration_batch_size):
-                yield {"input_ids": blocks[start : start + cfg.calibration_batch_size].to(ctx.device)}
-        else:
-            texts = sentences(corpus.train)[:n] or list(corpus.train[:n])
-            for start in range(0, len(texts), cfg.calibration_batch_size):
-                enc = encode_sentences(ctx.tokenizer, texts[start : start + cfg.calibration_batch_size], cfg.seq_len)
-                yield {k: v.to(ctx.device) for k, v in enc.items()}
+
+def calibration_batches(ir: ModelIR, ctx: PassContext, name: str, batches: int, batch_size: int, seq_len: int):
+    """Batches of the training data for importance scores: LM blocks, or tokenized sentences for encoders."""
+    corpus = ctx.require_corpus(name)
+    n = batches * batch_size
+    if ir.task == "causal-lm":
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, seq_len, max_blocks=n, name=corpus.name)
+        for start in range(0, len(blocks), batch_size):
+            yield {"input_ids": blocks[start : start + batch_size].to(ctx.device)}
+    else:
+        texts = sentences(corpus.train)[:n] or list(corpus.train[:n])
+        for start in range(0, len(texts), batch_size):
+            enc = encode_sentences(ctx.tokenizer, texts[start : start + batch_size], seq_len)
+            yield {k: v.to(ctx.device) for k, v in enc.items()}

@@ -1,0 +1,254 @@
+"""`prune`: structured width and depth pruning through the IR's coupled groups (ALGORITHMS §3b, §8).
+
+One-shot, Minitron style: score every unit once on the unpruned model (activation importance from calibration
+data; or weight magnitude, or first-order Taylor), keep the top units of each axis — layers by block influence,
+query heads inside every kv group (GQA), FFN units, hidden channels with one index set for every reader and
+writer — and slice. Students stay uniform: the same count in every layer.
+
+The shape comes from the config (`layers`, `heads`, `ffn`, `hidden`), or, under a parameter budget, from scoring
+candidate shapes (`passes.prune_shapes`): each is pruned one-shot and scored by its KL to the teacher on the
+validation share; the lowest wins (Minitron's practice of preferring width, then depth, decided by measurement).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from compressor.budget import Budget, layers_for_budget
+from compressor.data import lm_blocks
+from compressor.errors import UserError
+from compressor.evaluate import embedding_cosine
+from compressor.importance import activation_importance, layer_block_influence, magnitude_importance, taylor_importance
+from compressor.ir import ModelIR
+from passes.base import Pass, PassConfig, PassContext, register
+from passes.inherit import calibration_batches
+from passes.prune_report import plot_importance, prune_lines
+from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
+
+
+class PruneConfig(PassConfig):
+    importance: Literal["activation", "magnitude", "taylor"] = Field(
+        default="activation", description="activation (Minitron), magnitude, or first-order Taylor (causal LMs)"
+    )
+    layers: int | None = Field(default=None, ge=1, description="layers to keep; default: from the budget")
+    heads: int | None = Field(default=None, ge=1, description="query heads to keep per layer")
+    ffn: int | None = Field(default=None, ge=1, description="FFN units to keep per layer")
+    hidden: int | None = Field(default=None, ge=1, description="hidden channels to keep")
+    calibration_batches: int = Field(default=8, ge=1)
+    calibration_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    score_blocks: int = Field(default=16, ge=1, description="validation blocks that score each candidate shape")
+
+
+@register
+class Prune(Pass):
+    name = "prune"
+    Config = PruneConfig
+    needs_data = True
+
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        return prune_lines(report, metrics)
+
+    def check(self, ir: ModelIR, budget: Budget) -> None:
+        cfg: PruneConfig = self.config
+        if ir.adapter.is_moe:
+            raise UserError(f"{self.where}: {ir.config.model_type} is a mixture of experts; run moe_to_dense first")
+        teacher = shape_of(ir)
+        for axis in ("layers", "heads", "ffn", "hidden"):
+            asked = getattr(cfg, axis)
+            if asked is not None and asked > getattr(teacher, axis):
+                raise UserError(f"{self.where}.{axis}: {asked} asked, the model has {getattr(teacher, axis)}")
+        cut = [a for a in ("heads", "ffn", "hidden") if getattr(cfg, a) not in (None, getattr(teacher, a))]
+        for axis in cut:
+            if axis not in ir.adapter.sliceable_for(ir.config):
+                raise UserError(f"{self.where}.{axis}: the {ir.config.model_type} family cannot be cut along {axis}")
+        if cfg.heads is not None and cfg.heads % teacher.kv_heads and teacher.heads // teacher.kv_heads > 1:
+            raise UserError(
+                f"{self.where}.heads: {cfg.heads} is not a multiple of the {teacher.kv_heads} kv groups "
+                "(GQA keeps the same number of query heads in every group)"
+            )
+        if cfg.importance == "taylor" and ir.task != "causal-lm":
+            raise UserError(f"{self.where}.importance: taylor needs a language-model loss (causal LMs only)")
+
+    def explicit(self) -> bool:
+        cfg: PruneConfig = self.config
+        return any(getattr(cfg, a) is not None for a in ("layers", "heads", "ffn", "hidden"))
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+        cfg: PruneConfig = self.config
+        self.check(ir, ctx.budget)
+        teacher = shape_of(ir)
+        batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
+                                           cfg.seq_len))  # fmt: skip
+        scores = self.importance(ir, ctx, batches)
+        if self.explicit():
+            shape = Shape(
+                cfg.layers or teacher.layers,
+                cfg.heads or teacher.heads,
+                teacher.kv_heads if cfg.heads is None or teacher.heads // teacher.kv_heads > 1 else cfg.heads,
+                cfg.ffn or teacher.ffn,
+                cfg.hidden or teacher.hidden,
+            )
+            chosen, scored = "given", {}
+        else:
+            chosen, shape, scored = self.search(ir, ctx, scores)
+        student = prune_to(ir, shape, scores)
+        before, after = params_of(ir, teacher), student.summary()["totals"]["params"]
+        ctx.metrics.update(
+            {
+                "importance": cfg.importance,
+                "shape_before": teacher.as_dict(),
+                "shape_after": shape.as_dict(),
+                "chosen": chosen,
+                "candidates": scored,
+                "params_before": before,
+                "params_after": after,
+                "embedding_params": embedding_params(ir),
+                "kept_layers": scores["kept_layers"](shape.layers),
+            }
+        )
+        tensors = {k: v.tolist() for k, v in scores.items() if isinstance(v, torch.Tensor)}
+        plot_importance(tensors, ctx.artifacts / "plots" / "prune_importance.png")
+        ctx.metrics["plot"] = "plots/prune_importance.png"
+        return student
+
+    def importance(self, ir: ModelIR, ctx: PassContext, batches: list[dict]) -> dict:
+        """Scores of every unit of the unpruned model: {"layers", "heads" [L, h], "ffn" [L, f], "hidden" [d]}."""
+        cfg: PruneConfig = self.config
+        model = ir.materialize(ctx.device)
+        layer_scores = layer_block_influence(model, batches)
+        scores: dict = {"layers": torch.tensor(layer_scores)}
+        ranked = sorted(range(ir.num_layers), key=lambda i: layer_scores[i], reverse=True)
+        scores["kept_layers"] = lambda count: sorted(ranked[:count])
+        if cfg.importance == "activation":
+            scores.update(activation_importance(model, batches))
+            return scores
+        grads = lm_gradients(model, batches) if cfg.importance == "taylor" else None
+        teacher = shape_of(ir)
+
+        def rate(members, units: int) -> torch.Tensor:
+            if grads is None:
+                return magnitude_importance(ir.weights, members, units).float()
+            return taylor_importance(ir.weights, grads, members, units).float()
+
+        for kind, units in {"heads": teacher.heads, "ffn": teacher.ffn}.items():
+            groups = [ir.groups.get(f"layer.{layer}.{kind}") for layer in range(ir.num_layers)]
+            if all(groups):
+                scores[kind] = torch.stack([rate(g.members, units) for g in groups])
+        if "hidden" in ir.groups:
+            scores["hidden"] = rate(ir.groups["hidden"].members, teacher.hidden)
+        return scores
+
+    def search(self, ir: ModelIR, ctx: PassContext, scores: dict) -> tuple[str, Shape, dict]:
+        """The candidate shape under the budget with the lowest KL to the teacher right after one-shot pruning."""
+        cfg: PruneConfig = self.config
+        budget = ctx.budget
+        total = params_of(ir, shape_of(ir))
+        if budget.params is None and budget.layers is not None:
+            return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
+        target = int((budget.params or 1.0) * total)
+        candidates = candidate_shapes(ir, target)
+        if not candidates:
+            raise UserError(
+                f"budget params={budget.params}: no uniform shape of this {ir.config.model_type} fits "
+                f"{target:,} parameters (the teacher has {total:,}, of which {embedding_params(ir):,} embeddings)"
+            )
+        held = validation_blocks(ir, ctx, cfg.seq_len, cfg.score_blocks)
+        teacher_model = ir.materialize(ctx.device)
+        scored = {}
+        for name, shape in candidates.items():
+            student = prune_to(ir, shape, scores).materialize(ctx.device)
+            scored[name] = {
+                "shape": shape.as_dict(),
+                "params": params_of(ir, shape),
+                "loss_to_teacher": round(loss_to_teacher(teacher_model, student, held, ctx, cfg.seq_len), 5),
+            }
+        best = min(scored, key=lambda n: scored[n]["loss_to_teacher"])
+        return best, candidates[best], scored
+
+
+def prune_to(ir: ModelIR, shape: Shape, scores: dict) -> ModelIR:
+    """`ir` cut to `shape`, keeping the highest-scoring units of every axis (layers first, then widths)."""
+    teacher = shape_of(ir)
+    kept_layers = scores["kept_layers"](shape.layers)
+    student = ir.drop_layers(kept_layers) if shape.layers != teacher.layers else ir
+    if shape.heads != teacher.heads:
+        student = student.slice_group("heads", {new: gqa_heads(scores["heads"][old], teacher, shape)
+                                                for new, old in enumerate(kept_layers)})  # fmt: skip
+    if shape.ffn != teacher.ffn:
+        student = student.slice_group(
+            "ffn", {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(kept_layers)}
+        )
+    if shape.hidden != teacher.hidden:
+        student = student.slice_group("hidden", top(scores["hidden"], shape.hidden))
+    return student
+
+
+def top(scores: torch.Tensor, count: int) -> list[int]:
+    """The `count` highest-scoring units, in their original order (ties broken by index)."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:count])
+
+
+def gqa_heads(scores: torch.Tensor, teacher: Shape, shape: Shape) -> list[int]:
+    """Query heads to keep in one layer: the best `heads/kv` inside every kv group (GQA keeps the groups and the
+    same count in each); with one query head per group, the best kv groups whole."""
+    per_group = teacher.heads // teacher.kv_heads
+    if per_group == 1:
+        return top(scores, shape.heads)
+    inside = shape.heads // shape.kv_heads
+    kept = []
+    for group in range(teacher.kv_heads):
+        members = list(range(group * per_group, (group + 1) * per_group))
+        kept += [members[i] for i in top(scores[members], inside)]
+    return sorted(kept)
+
+
+def embedding_params(ir: ModelIR) -> int:
+    """Parameters in the embedding tables (what width pruning of the hidden stream reaches, depth does not)."""
+    rows = ir.summary()["blocks"]
+    return sum(r["params"] for r in rows if r["kind"] == "embed")
+
+
+def validation_blocks(ir: ModelIR, ctx: PassContext, seq_len: int, count: int) -> torch.Tensor | list:
+    """Held blocks from the validation share (never the reported held-out part) that score candidate shapes."""
+    corpus = ctx.require_corpus("prune")
+    if ir.task == "causal-lm":
+        return lm_blocks(ctx.tokenizer, corpus.validation, seq_len, max_blocks=count, name=corpus.valid_name)
+    return list(corpus.validation)[: count * 8]
+
+
+@torch.no_grad()
+def loss_to_teacher(teacher, student, held, ctx: PassContext, seq_len: int) -> float:
+    """Mean KL(p_T ‖ q_S) of next-token distributions per token (LMs), or 1 − mean embedding cosine (encoders)."""
+    if not isinstance(held, torch.Tensor):
+        return 1.0 - embedding_cosine(student, teacher, ctx.tokenizer, held, seq_len)
+    device = next(student.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(held), 8):
+        ids = held[start : start + 8].to(device)
+        log_p = torch.log_softmax(teacher(input_ids=ids).logits.float(), -1)
+        log_q = torch.log_softmax(student(input_ids=ids).logits.float(), -1)
+        total += float((log_p.exp() * (log_p - log_q)).sum(-1).sum())
+        count += ids.numel()
+    return total / max(count, 1)
+
+
+def lm_gradients(model, batches: list[dict]) -> dict[str, torch.Tensor]:
+    """∂CE/∂w of every parameter, summed over the calibration batches (first-order Taylor importance)."""
+    model.zero_grad(set_to_none=True)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    for batch in batches:
+        ids = batch["input_ids"]
+        logits = model(input_ids=ids).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+        loss.backward()
+    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads

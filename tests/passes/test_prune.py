@@ -1,0 +1,90 @@
+"""`prune`: one-shot structured pruning through the coupled groups (ALGORITHMS §3b, §8)."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM
+
+from compressor.budget import Budget
+from compressor.errors import UserError
+from compressor.ir import ModelIR
+from passes.prune import Prune, PruneConfig, gqa_heads, top
+from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
+from tests.helpers import DECODERS, STORIES, outputs, pass_context, sample_inputs
+
+
+def prune(ir, tmp_path, budget=None, **config):
+    ctx = pass_context(ir, tmp_path)
+    ctx.budget = budget or Budget()
+    return Prune(PruneConfig(**config)).run(ir, ctx), ctx.metrics
+
+
+@pytest.mark.parametrize("importance", ["activation", "magnitude", "taylor"])
+def test_keeping_everything_is_the_identity(tiny_dirs, tmp_path, importance):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    s = shape_of(ir)
+    student, _ = prune(ir, tmp_path, importance=importance, layers=s.layers, heads=s.heads, ffn=s.ffn, hidden=s.hidden)
+    inputs = sample_inputs("llama")
+    assert torch.equal(outputs(student.materialize(), inputs), outputs(ir.materialize(), inputs))
+
+
+@pytest.mark.parametrize("model_type", [*DECODERS, "bert"])
+def test_every_family_prunes_to_a_stock_model_that_reloads(tiny_dirs, tmp_path, model_type):
+    ir = ModelIR.load(tiny_dirs[model_type])
+    widths = {"ffn": 32} if model_type == "bert" else {"ffn": 32, "heads": 2, "hidden": 24}
+    student, metrics = prune(ir, tmp_path, layers=2, **widths)
+    model = student.materialize()
+    assert (
+        student.summary()["totals"]["params"] == sum(p.numel() for p in model.parameters()) == metrics["params_after"]
+    )
+    assert metrics["shape_after"]["ffn"] == 32 and student.num_layers == 2
+    saved = student.save(tmp_path / "saved")
+    cls = AutoModel if model_type == "bert" else AutoModelForCausalLM
+    inputs = sample_inputs(model_type)
+    assert torch.allclose(outputs(cls.from_pretrained(saved).eval(), inputs), outputs(model, inputs), atol=1e-6)
+
+
+def test_a_dead_ffn_unit_is_the_first_to_go(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    name = "model.layers.0.mlp.up_proj.weight"
+    up = ir.weights[name].clone()
+    up[17] = 0
+    student, _ = prune(ir.set_weights({name: up}), tmp_path, ffn=63)
+    kept_up = student.weights[name]
+    assert kept_up.shape[0] == 63 and not any(torch.equal(row, up[17]) for row in kept_up)
+
+
+def test_gqa_keeps_every_kv_group_and_the_same_count_inside_each():
+    teacher, shape = Shape(1, 8, 2, 16, 16), Shape(1, 4, 2, 16, 16)
+    scores = torch.tensor([0.1, 0.9, 0.8, 0.2, 0.5, 0.4, 0.3, 0.7])
+    assert gqa_heads(scores, teacher, shape) == [1, 2, 4, 7]
+    assert top(torch.tensor([3.0, 1.0, 2.0, 2.0]), 2) == [0, 2]
+
+
+def test_a_parameter_budget_is_met_by_the_best_scored_candidate(tmp_path):
+    ir = ModelIR.load(STORIES)
+    student, metrics = prune(ir, tmp_path, Budget(params=0.65), calibration_batches=2, score_blocks=4)
+    assert metrics["params_after"] <= 0.65 * metrics["params_before"]
+    scored = metrics["candidates"]
+    assert {"ffn", "depth"} <= set(scored) and metrics["chosen"] in scored
+    assert scored[metrics["chosen"]]["loss_to_teacher"] == min(c["loss_to_teacher"] for c in scored.values())
+    assert (tmp_path / "artifacts" / "plots" / "prune_importance.png").exists()
+
+
+def test_candidates_fit_the_budget_and_use_it(tiny_dirs):
+    ir = ModelIR.load(tiny_dirs["qwen3"])
+    total = params_of(ir, shape_of(ir))
+    for name, shape in candidate_shapes(ir, int(0.7 * total)).items():
+        assert params_of(ir, shape) <= 0.7 * total, name
+        assert params_of(ir, shape) > 0.4 * total, name  # the largest fitting size, not any small one
+
+
+def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    with pytest.raises(UserError, match="prune.ffn: 99 asked"):
+        Prune(PruneConfig(ffn=99)).check(ir, Budget())
+    with pytest.raises(UserError, match="multiple of the 2 kv groups"):
+        Prune(PruneConfig(heads=3)).check(ir, Budget())
+    with pytest.raises(UserError, match="cannot be cut along hidden"):
+        Prune(PruneConfig(hidden=16)).check(ModelIR.load(tiny_dirs["bert"]), Budget())
+    with pytest.raises(UserError, match="run moe_to_dense first"):
+        Prune(PruneConfig()).check(ModelIR.load(tiny_dirs["mixtral"]), Budget())

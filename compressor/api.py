@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from compressor.budget import Budget, parse_budget
 from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.device import resolve_device
 from compressor.errors import GateError, UserError
@@ -43,7 +44,7 @@ from compressor.recipe import (
 )
 from compressor.report import build_report, model_card, write_report
 from passes import get_pass
-from passes.base import Budget, PassContext, load_tokenizer
+from passes.base import PassContext, load_tokenizer
 from targets import get_target
 
 
@@ -65,7 +66,7 @@ class ModelRequest:
 
     teacher: str | None = None
     target: str | None = None
-    budget: float | None = None
+    budget: str | float | None = None  # a layer share, or layers=0.5 / params=0.5 / params=60M
     data: str | None = None
     eval_data: str | None = None
     sts: str | None = None
@@ -105,9 +106,7 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.target:
         raw["target"] = request.target
     if request.budget is not None:
-        if not 0 < request.budget <= 1:
-            raise UserError(f"--budget {request.budget}: must be a ratio of the teacher's layers in (0, 1]")
-        raw["budget"] = {**(raw.get("budget") or {}), "layers": request.budget, "params": None}
+        raw["budget"] = {**(raw.get("budget") or {}), "layers": None, "params": None, **parse_budget(request.budget)}
     data = dict(raw.get("data") or {})
     given = (("train", request.data), ("eval", request.eval_data), ("sts", request.sts))
     for key, value in (*given, ("text_column", request.text_column)):
@@ -275,7 +274,7 @@ def run_pass(
     teacher: str | None = None,
     data: str | None = None,
     target: str = "cpu",
-    budget: float | None = None,
+    budget: str | float | None = None,
     overwrite: bool = False,
     seed: int = 0,
     device: str = "auto",
@@ -297,7 +296,7 @@ def run_pass(
     check_disjoint(out_path, {"teacher": teacher_path})
     ir = with_teacher_lineage(ir, teacher_path, teacher_ir)
     corpus = load_corpus(data or BUILTIN) if (cls.needs_data or cls.uses_data) else None
-    budget_value = Budget(layers=budget) if budget is not None else Budget()
+    budget_value = Budget(**parse_budget(budget)) if budget is not None else Budget()
     step.check(ir, budget_value)
     target_obj = get_target(target)
     dev = resolve_device(device)

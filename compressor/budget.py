@@ -22,9 +22,27 @@ class Budget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layers: float | None = Field(default=None, gt=0, le=1)
-    params: float | None = Field(default=None, gt=0, le=1)
+    params: float | None = Field(
+        default=None, gt=0, description="a share of the teacher's parameters in (0, 1], or a count such as 60M"
+    )
     train_tokens: int | str | None = Field(default=None, description="training tokens: 2000000, 500k, 12.3M")
     time: float | str | None = Field(default=None, description="training time: seconds, or 90s, 30m, 1.5h")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def params_count(cls, value):
+        """`0.5` is a share; `60M`, `60000000` or `1.2e8` a parameter count."""
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                try:
+                    return parse_tokens(value, "budget.params")
+                except UserError:
+                    raise ValueError("expected a share such as 0.5 or a count such as 60M") from None
+        if isinstance(value, float) and value > 1 and not value.is_integer():
+            raise ValueError("a share is at most 1; a parameter count is a whole number")
+        return value
 
     @field_validator("train_tokens", "time")
     @classmethod
@@ -41,6 +59,12 @@ class Budget(BaseModel):
         if self.layers is not None and self.params is not None:
             raise ValueError("give either layers or params, not both")
         return self
+
+    def params_share(self, teacher_params: int) -> float | None:
+        """The parameter budget as a share of the teacher's (a count is divided by the teacher's parameters)."""
+        if self.params is None:
+            return None
+        return self.params if self.params <= 1 else self.params / teacher_params
 
     @property
     def sized(self) -> bool:
@@ -62,15 +86,43 @@ def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
     if budget.params is not None:
         summary = ir.summary()
         totals = summary["totals"]
+        share = budget.params_share(totals["params"])
+        if share > 1:
+            raise UserError(
+                f"budget params={int(budget.params):,}: more than the teacher's {totals['params']:,} parameters"
+            )
         per_layer = sum(r["params"] for r in summary["blocks"] if r["block"].startswith("layer."))
         fixed = totals["params"] - per_layer
         per_layer //= total
-        count = min(total, int((budget.params * totals["params"] - fixed) // per_layer))
+        count = min(total, int((share * totals["params"] - fixed) // per_layer))
         if count < 1:
             smallest = (fixed + per_layer) / totals["params"]
             raise UserError(
-                f"budget params={budget.params}: not even one layer fits (embeddings and head alone "
+                f"budget params={budget.params:g}: not even one layer fits (embeddings and head alone "
                 f"take {fixed / totals['params']:.2f}; smallest possible is {smallest:.3f})"
             )
         return count
     return total
+
+
+BUDGET_FORMS = "a layer share such as 0.5, or layers=0.5, params=0.5 or params=60M"
+
+
+def parse_budget(text: str, what: str = "--budget") -> dict[str, float]:
+    """`--budget` as users write it: a bare share keeps that share of the teacher's layers; `layers=0.5`,
+    `params=0.5` (a share of the teacher's parameters) and `params=60M` (a count) name the kind."""
+    kind, _, value = str(text).strip().rpartition("=")
+    kind = kind.strip() or "layers"
+    if kind not in ("layers", "params"):
+        raise UserError(f"{what} {text!r}: unknown budget kind {kind!r}; give {BUDGET_FORMS}")
+    try:
+        number = float(value)
+    except ValueError:
+        if kind != "params":
+            raise UserError(f"{what} {text!r}: expected {BUDGET_FORMS}") from None
+        number = float(parse_tokens(value, what))
+    if number <= 0 or (kind == "layers" and number > 1):
+        raise UserError(f"{what} {text!r}: a {kind} share must be in (0, 1]")
+    if kind == "params" and number > 1 and not number.is_integer():
+        raise UserError(f"{what} {text!r}: a parameter share is at most 1; a count is a whole number such as 60M")
+    return {kind: number}

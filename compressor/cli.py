@@ -34,7 +34,9 @@ def model(
         str | None, typer.Argument(help="teacher model directory; default: packaged all-MiniLM-L6-v2")
     ] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="cpu, gpu or edge (default cpu)")] = None,
-    budget: Annotated[float | None, typer.Option(help="share of the teacher's layers to keep, in (0, 1]")] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="student size: a layer share (0.5), layers=0.5, params=0.5 or params=60M")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="training text; default: built-in English corpus")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out text; default: 10% of --data")] = None,
     sts: Annotated[str | None, typer.Option(help="STS-B-style TSV for encoder Spearman")] = None,
@@ -203,7 +205,9 @@ def run_pass(
     teacher: Annotated[str | None, typer.Option(help="teacher directory; default: the one in compressor.json")] = None,
     data: Annotated[str | None, typer.Option(help="data file; default: built-in corpus")] = None,
     target: Target = "cpu",
-    budget: Annotated[float | None, typer.Option(help="share of layers to keep (inherit)")] = None,
+    budget: Annotated[
+        str | None, typer.Option(help="a layer share (0.5), layers=0.5, params=0.5 or params=60M")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",

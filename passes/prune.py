@@ -151,11 +151,11 @@ class Prune(Pass):
         total = params_of(ir, shape_of(ir))
         if budget.params is None and budget.layers is not None:
             return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
-        target = int((budget.params or 1.0) * total)
+        target = int((budget.params_share(total) or 1.0) * total)
         candidates = candidate_shapes(ir, target)
         if not candidates:
             raise UserError(
-                f"budget params={budget.params}: no uniform shape of this {ir.config.model_type} fits "
+                f"budget params={budget.params:g}: no uniform shape of this {ir.config.model_type} fits "
                 f"{target:,} parameters (the teacher has {total:,}, of which {embedding_params(ir):,} embeddings)"
             )
         held = validation_blocks(ir, ctx, cfg.seq_len, cfg.score_blocks)

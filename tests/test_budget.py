@@ -30,3 +30,22 @@ def test_training_budgets_are_parsed_as_users_write_them():
     budget = Budget(train_tokens="12.3M", time="30m")
     assert budget.train_tokens == 12_300_000 and budget.time == 1800
     assert not budget.sized and Budget(params=0.5).sized
+
+
+def test_budget_forms_as_users_write_them():
+    from compressor.budget import parse_budget
+
+    assert parse_budget("0.5") == {"layers": 0.5} and parse_budget("layers=0.25") == {"layers": 0.25}
+    assert parse_budget("params=0.5") == {"params": 0.5} and parse_budget("params=60M") == {"params": 60e6}
+    for bad, fragment in [("flops=0.5", "unknown budget kind"), ("half", "expected a layer share"),
+                          ("layers=1.5", "(0, 1]"), ("params=1.5", "a count is a whole number")]:  # fmt: skip
+        with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+            parse_budget(bad)
+
+
+def test_an_absolute_parameter_budget_is_a_share_of_the_teacher():
+    ir = ModelIR.load(STORIES)
+    total = ir.summary()["totals"]["params"]
+    assert layers_for_budget(ir, Budget(params="200k")) == layers_for_budget(ir, Budget(params=200_000 / total))
+    with pytest.raises(UserError, match="more than the teacher's"):
+        layers_for_budget(ir, Budget(params="1M"))

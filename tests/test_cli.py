@@ -321,3 +321,18 @@ def test_inspect_draws_the_graph_with_its_groups_and_never_replaces_a_file_unask
     assert code == 2 and "ending in .png" in err and not (tmp_path / "graph.svg").exists()
     code, _, err = run(capsys, "inspect", tiny_dirs["llama"], "--graph", picture, "--overwrite")
     assert code == 0 and picture.read_bytes() != before
+
+
+def test_a_parameter_budget_from_the_command_line_prunes_with_a_recipe_and_reports_it(capsys, tmp_path, tiny_dirs):
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text("passes:\n  - prune: {calibration_batches: 2, score_blocks: 2}\n  - distill: {}\n  - export: {}\n")
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["llama"], "--recipe", recipe, "--budget", "params=0.7", "--steps", "2"]
+    code, _, err = run(capsys, *args, "--data", DATA / "tinystories_dev.txt", "--out", out, "--quiet", "--no-bench")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["student"]["params"] <= 0.7 * report["teacher"]["params"]
+    assert report["passes"][0]["metrics"]["candidates"]
+    markdown = (out / "REPORT.md").read_text()
+    assert "## Pruning" in markdown and (out / "plots" / "prune_importance.png").exists()
+    assert AutoModelForCausalLM.from_pretrained(out / "student").num_parameters() == report["student"]["params"]

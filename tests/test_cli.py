@@ -325,7 +325,9 @@ def test_inspect_draws_the_graph_with_its_groups_and_never_replaces_a_file_unask
 
 def test_a_parameter_budget_from_the_command_line_prunes_with_a_recipe_and_reports_it(capsys, tmp_path, tiny_dirs):
     recipe = tmp_path / "prune.yaml"
-    recipe.write_text("passes:\n  - prune: {calibration_batches: 2, score_blocks: 2}\n  - distill: {}\n  - export: {}\n")
+    recipe.write_text(
+        "passes:\n  - prune: {calibration_batches: 2, score_blocks: 2}\n  - distill: {}\n  - export: {}\n"
+    )
     out = tmp_path / "run"
     args = ["model", tiny_dirs["llama"], "--recipe", recipe, "--budget", "params=0.7", "--steps", "2"]
     code, _, err = run(capsys, *args, "--data", DATA / "tinystories_dev.txt", "--out", out, "--quiet", "--no-bench")

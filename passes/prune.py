@@ -24,10 +24,12 @@ from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine
 from compressor.importance import activation_importance, layer_block_influence, magnitude_importance, taylor_importance
 from compressor.ir import ModelIR
+from compressor.kd.divergences import forward_kl
+from compressor.kd.losses import lm_cross_entropy
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
 from passes.prune_report import plot_importance, prune_lines
-from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
+from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, shape_of
 
 
 class PruneConfig(PassConfig):
@@ -85,7 +87,8 @@ class Prune(Pass):
         teacher = shape_of(ir)
         batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
                                            cfg.seq_len))  # fmt: skip
-        scores = self.importance(ir, ctx, batches)
+        model = ir.materialize(ctx.device)  # the unpruned model: scored once, and the reference for candidates
+        scores = self.importance(ir, model, batches)
         if self.explicit():
             shape = Shape(
                 cfg.layers or teacher.layers,
@@ -96,9 +99,9 @@ class Prune(Pass):
             )
             chosen, scored = "given", {}
         else:
-            chosen, shape, scored = self.search(ir, ctx, scores)
+            chosen, shape, scored = self.search(ir, model, ctx, scores)
         student = prune_to(ir, shape, scores)
-        before, after = params_of(ir, teacher), student.summary()["totals"]["params"]
+        before, after = ir.summary()["totals"]["params"], student.summary()["totals"]["params"]
         ctx.metrics.update(
             {
                 "importance": cfg.importance,
@@ -109,7 +112,7 @@ class Prune(Pass):
                 "params_before": before,
                 "params_after": after,
                 "embedding_params": embedding_params(ir),
-                "kept_layers": scores["kept_layers"](shape.layers),
+                "kept_layers": kept_layers(scores, shape.layers),
             }
         )
         tensors = {k: v.tolist() for k, v in scores.items() if isinstance(v, torch.Tensor)}
@@ -117,14 +120,11 @@ class Prune(Pass):
         ctx.metrics["plot"] = "plots/prune_importance.png"
         return student
 
-    def importance(self, ir: ModelIR, ctx: PassContext, batches: list[dict]) -> dict:
-        """Scores of every unit of the unpruned model: {"layers", "heads" [L, h], "ffn" [L, f], "hidden" [d]}."""
+    def importance(self, ir: ModelIR, model, batches: list[dict]) -> dict[str, torch.Tensor]:
+        """Scores of every unit of `model` (`ir` materialized): {"layers" [L] (block influence), "heads" [L, h],
+        "ffn" [L, f], "hidden" [d]}."""
         cfg: PruneConfig = self.config
-        model = ir.materialize(ctx.device)
-        layer_scores = layer_block_influence(model, batches)
-        scores: dict = {"layers": torch.tensor(layer_scores)}
-        ranked = sorted(range(ir.num_layers), key=lambda i: layer_scores[i], reverse=True)
-        scores["kept_layers"] = lambda count: sorted(ranked[:count])
+        scores = {"layers": torch.tensor(layer_block_influence(model, batches))}
         if cfg.importance == "activation":
             scores.update(activation_importance(model, batches))
             return scores
@@ -144,29 +144,30 @@ class Prune(Pass):
             scores["hidden"] = rate(ir.groups["hidden"].members, teacher.hidden)
         return scores
 
-    def search(self, ir: ModelIR, ctx: PassContext, scores: dict) -> tuple[str, Shape, dict]:
-        """The candidate shape under the budget with the lowest KL to the teacher right after one-shot pruning."""
+    def search(self, ir: ModelIR, model, ctx: PassContext, scores: dict) -> tuple[str, Shape, dict]:
+        """The candidate shape under the budget with the lowest KL to the unpruned `model` right after one-shot
+        pruning."""
         cfg: PruneConfig = self.config
         budget = ctx.budget
-        total = params_of(ir, shape_of(ir))
+        total = ir.summary()["totals"]["params"]
         if budget.params is None and budget.layers is not None:
             return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
         target = int((budget.params_share(total) or 1.0) * total)
-        candidates = candidate_shapes(ir, target)
+        cost = ShapeCost(ir)
+        candidates = candidate_shapes(ir, target, cost)
         if not candidates:
             raise UserError(
                 f"budget params={budget.params:g}: no uniform shape of this {ir.config.model_type} fits "
                 f"{target:,} parameters (the teacher has {total:,}, of which {embedding_params(ir):,} embeddings)"
             )
-        held = validation_blocks(ir, ctx, cfg.seq_len, cfg.score_blocks)
-        teacher_model = ir.materialize(ctx.device)
+        held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
         scored = {}
         for name, shape in candidates.items():
             student = prune_to(ir, shape, scores).materialize(ctx.device)
             scored[name] = {
                 "shape": shape.as_dict(),
-                "params": params_of(ir, shape),
-                "loss_to_teacher": round(loss_to_teacher(teacher_model, student, held, ctx, cfg.seq_len), 5),
+                "params": cost(shape),
+                "loss_to_teacher": round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5),
             }
         best = min(scored, key=lambda n: scored[n]["loss_to_teacher"])
         return best, candidates[best], scored
@@ -175,18 +176,23 @@ class Prune(Pass):
 def prune_to(ir: ModelIR, shape: Shape, scores: dict) -> ModelIR:
     """`ir` cut to `shape`, keeping the highest-scoring units of every axis (layers first, then widths)."""
     teacher = shape_of(ir)
-    kept_layers = scores["kept_layers"](shape.layers)
-    student = ir.drop_layers(kept_layers) if shape.layers != teacher.layers else ir
+    layers = kept_layers(scores, shape.layers)
+    student = ir.drop_layers(layers) if shape.layers != teacher.layers else ir
     if shape.heads != teacher.heads:
         student = student.slice_group("heads", {new: gqa_heads(scores["heads"][old], teacher, shape)
-                                                for new, old in enumerate(kept_layers)})  # fmt: skip
+                                                for new, old in enumerate(layers)})  # fmt: skip
     if shape.ffn != teacher.ffn:
         student = student.slice_group(
-            "ffn", {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(kept_layers)}
+            "ffn", {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(layers)}
         )
     if shape.hidden != teacher.hidden:
         student = student.slice_group("hidden", top(scores["hidden"], shape.hidden))
     return student
+
+
+def kept_layers(scores: dict[str, torch.Tensor], count: int) -> list[int]:
+    """The `count` layers of highest block influence, in model order."""
+    return top(scores["layers"], count)
 
 
 def top(scores: torch.Tensor, count: int) -> list[int]:
@@ -215,9 +221,9 @@ def embedding_params(ir: ModelIR) -> int:
     return sum(r["params"] for r in rows if r["kind"] == "embed")
 
 
-def validation_blocks(ir: ModelIR, ctx: PassContext, seq_len: int, count: int) -> torch.Tensor | list:
+def validation_blocks(ir: ModelIR, ctx: PassContext, name: str, seq_len: int, count: int) -> torch.Tensor | list:
     """Held blocks from the validation share (never the reported held-out part) that score candidate shapes."""
-    corpus = ctx.require_corpus("prune")
+    corpus = ctx.require_corpus(name)
     if ir.task == "causal-lm":
         return lm_blocks(ctx.tokenizer, corpus.validation, seq_len, max_blocks=count, name=corpus.valid_name)
     return list(corpus.validation)[: count * 8]
@@ -234,7 +240,7 @@ def loss_to_teacher(teacher, student, held, ctx: PassContext, seq_len: int) -> f
         ids = held[start : start + 8].to(device)
         log_p = torch.log_softmax(teacher(input_ids=ids).logits.float(), -1)
         log_q = torch.log_softmax(student(input_ids=ids).logits.float(), -1)
-        total += float((log_p.exp() * (log_p - log_q)).sum(-1).sum())
+        total += float(forward_kl(log_q, log_p).sum())
         count += ids.numel()
     return total / max(count, 1)
 
@@ -246,9 +252,7 @@ def lm_gradients(model, batches: list[dict]) -> dict[str, torch.Tensor]:
         parameter.requires_grad_(True)
     for batch in batches:
         ids = batch["input_ids"]
-        logits = model(input_ids=ids).logits[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-        loss.backward()
+        lm_cross_entropy(model(input_ids=ids).logits[:, :-1], ids[:, 1:]).backward()
     grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return grads

@@ -59,6 +59,20 @@ def params_of(ir: ModelIR, shape: Shape) -> int:
     return sum(math.prod(s) for s in parameter_names(ir.adapter, config_of(ir, shape)).values())
 
 
+class ShapeCost:
+    """`params_of` remembered per shape: the bisection of `fit` and the candidates' report ask for the same
+    shapes many times, and each answer builds the stock model on the meta device."""
+
+    def __init__(self, ir: ModelIR) -> None:
+        self.ir = ir
+        self.known: dict[Shape, int] = {}
+
+    def __call__(self, shape: Shape) -> int:
+        if shape not in self.known:
+            self.known[shape] = params_of(self.ir, shape)
+        return self.known[shape]
+
+
 def rounded(value: float, full: int) -> int:
     """A width rounded down to a multiple that kernels like (64 when the full width is ≥ 512, else 8), ≥ 1 step."""
     step = 64 if full >= 512 else 8 if full >= 32 else 1
@@ -96,35 +110,36 @@ CANDIDATE_AXES = {  # name -> axes cut together (Minitron: prefer width, then de
 }
 
 
-def fit(ir: ModelIR, axes: tuple[str, ...], budget_params: int, steps: int = 30) -> Shape | None:
+def fit(ir: ModelIR, axes: tuple[str, ...], budget_params: int, cost: ShapeCost, steps: int = 30) -> Shape | None:
     """The largest shape cutting `axes` by one shared scale whose parameters fit `budget_params` (None if even
     the smallest does not)."""
     teacher = shape_of(ir)
+    if cost(teacher) <= budget_params:
+        return teacher
     low, high = 0.0, 1.0
     best = None
-    if params_of(ir, teacher) <= budget_params:
-        return teacher
     for _ in range(steps):
         middle = (low + high) / 2
         shape = scaled(teacher, axes, middle)
-        if params_of(ir, shape) <= budget_params:
+        if cost(shape) <= budget_params:
             best, low = shape, middle
         else:
             high = middle
     smallest = scaled(teacher, axes, 1e-6)
-    if best is None and params_of(ir, smallest) <= budget_params:
+    if best is None and cost(smallest) <= budget_params:
         best = smallest
     return best
 
 
-def candidate_shapes(ir: ModelIR, budget_params: int) -> dict[str, Shape]:
+def candidate_shapes(ir: ModelIR, budget_params: int, cost: ShapeCost | None = None) -> dict[str, Shape]:
     """Every candidate the family can realise that fits the budget, by name (duplicates kept once)."""
+    cost = cost or ShapeCost(ir)
     sliceable = set(ir.adapter.sliceable_for(ir.config)) | {"layers"}
     found: dict[str, Shape] = {}
     for name, axes in CANDIDATE_AXES.items():
         if not set(axes) <= sliceable:
             continue
-        shape = fit(ir, axes, budget_params)
+        shape = fit(ir, axes, budget_params, cost)
         if shape is not None and shape not in found.values():
             found[name] = shape
     return found

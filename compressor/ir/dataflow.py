@@ -40,7 +40,6 @@ def build_graph(blocks: Sequence[Block], param_count):
 
     graph = nx.DiGraph()
     stream = 0
-    graph.add_node(f"{STREAM}.0", kind=STREAM)
     for block in blocks:
         graph.add_node(
             block.name,
@@ -55,6 +54,7 @@ def build_graph(blocks: Sequence[Block], param_count):
         )
         current = f"{STREAM}.{stream}"
         if block.kind != "embed":
+            graph.add_node(current, kind=STREAM)  # no-op once a writer made it
             graph.add_edge(current, block.name, dim="hidden", role="read")
         if block.writes or block.kind == "embed":
             following = f"{STREAM}.{stream + 1}"
@@ -63,8 +63,6 @@ def build_graph(blocks: Sequence[Block], param_count):
             if block.residual:
                 graph.add_edge(current, following, dim="hidden", role="residual")
             stream += 1
-    if graph.in_degree(f"{STREAM}.0") == 0 and graph.out_degree(f"{STREAM}.0") == 0:
-        graph.remove_node(f"{STREAM}.0")
     return graph
 
 

@@ -230,7 +230,7 @@ class ModelIR:
                 )
         family, edit = self.adapter.replace_ffn(self.config, list(self.weights), ffns)
         record = {"op": "replace_ffn", "layers": sorted(ffns), "width": width}
-        return self.with_family(family, edit, record) if family != self.family else self.apply(edit, record)
+        return self.with_family(family, edit, record)
 
     def set_weights(self, tensors: Mapping[str, torch.Tensor]) -> ModelIR:
         """Overwrite named tensors (same names and shapes)."""

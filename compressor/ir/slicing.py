@@ -58,20 +58,17 @@ def slice_groups(
     keep: Mapping[int, Sequence[int]] | Sequence[int],
 ) -> Edit:
     """The edit that keeps units `keep` of every group of `kind` (per layer, or one list for all layers)."""
-    if kind not in adapter.sliceable_for(config):
-        adapter.check_slice(config, kind, {})  # the family's own reason
-        raise adapter.unsupported(kind, f"supported kinds are {', '.join(adapter.sliceable_for(config))}")
-    chosen = [g for g in groups.values() if g.kind == kind]
     if kind == "hidden":
-        table = {None: [int(i) for i in keep]}
-        if isinstance(keep, Mapping) or not table[None]:
+        if isinstance(keep, Mapping) or not keep:
             raise UserError("slice_group('hidden'): give one list of hidden channels to keep (at least one)")
+        table = {None: [int(i) for i in keep]}
     else:
         table = per_layer(keep, adapter.num_layers(config), kind)
+    adapter.check_slice(config, kind, table)  # first: an unsupported kind is refused with the family's reason
     size = adapter.unit_counts(config)[kind]
     for layer, units in table.items():
         check_indices(units, size, kind if layer is None else f"layer {layer} {kind}")
-    adapter.check_slice(config, kind, table)
+    chosen = [g for g in groups.values() if g.kind == kind]
     edit = Edit(adapter.sliced_config(config, kind, table), {})
     for group in chosen:
         units = table[group.layer]

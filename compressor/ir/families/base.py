@@ -125,7 +125,11 @@ class FamilyAdapter(ABC):
 
     def unit_counts(self, config) -> dict[str, int]:
         """How many units each sliceable kind has per layer (hidden: channels)."""
-        return {"hidden": self.hidden_size(config), "ffn": self.ffn_width(config)}
+        return {
+            "hidden": self.hidden_size(config),
+            "ffn": self.ffn_width(config),
+            "heads": self.attention_shape(config)[0],
+        }
 
     def default_pipeline(self, budget_given: bool) -> list[dict]:
         """The passes `compress model` runs with no recipe: inherit layers by importance, distil, export."""
@@ -157,7 +161,7 @@ class FamilyAdapter(ABC):
     # ---- modules of a materialized model ------------------------------------------------------
     def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         """The transformer layers of `model` (also through PEFT or DDP wrappers), in order."""
-        count = int(model.config.num_hidden_layers)
+        count = self.num_layers(model.config)
         for name, module in model.named_modules():
             if (
                 isinstance(module, torch.nn.ModuleList)

@@ -97,9 +97,6 @@ class BertAdapter(FamilyAdapter):
         blocks.append(Block("head", "head", tuple(head), head_flops, reads=axes(head, r"pooler\.dense\.weight$", 1)))
         return blocks
 
-    def unit_counts(self, config) -> dict[str, int]:
-        return {**super().unit_counts(config), "heads": int(config.num_attention_heads)}
-
     def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
         if kind in ("hidden", "heads"):
             raise self.unsupported(
@@ -108,9 +105,6 @@ class BertAdapter(FamilyAdapter):
                 "cut of one without the other is not a standard architecture",
             )
         super().check_slice(config, kind, keep)
-
-    def sliceable_for(self, config) -> tuple[str, ...]:
-        return self.sliceable
 
     def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
         new = copy.deepcopy(config)

@@ -36,10 +36,6 @@ class LlamaAdapter(FamilyAdapter):
         """ONNX Runtime GenAI runs these four decoders under their own model_type names."""
         return config.model_type
 
-    def ort_model_type(self, config) -> str:
-        """onnxruntime's optimizer has fusions for llama and mistral; qwen2/qwen3 get its basic optimizer."""
-        return config.model_type
-
     # ---- dimensions -----------------------------------------------------------------------------
     @staticmethod
     def head_dim(config) -> int:
@@ -50,9 +46,6 @@ class LlamaAdapter(FamilyAdapter):
 
     def ffn_width(self, config) -> int:
         return int(getattr(config, self.ffn_width_key(config)))
-
-    def unit_counts(self, config) -> dict[str, int]:
-        return {**super().unit_counts(config), "heads": int(config.num_attention_heads)}
 
     # ---- modules of a materialized model ----------------------------------------------------------
     def ffn_output_projection(self, layer):
@@ -154,12 +147,7 @@ class LlamaAdapter(FamilyAdapter):
 
     def replace_ffn(self, config, names: Sequence[str], ffns: Mapping[int, Mapping]) -> tuple[str, Edit]:
         """Dense SwiGLU FFNs {layer: {"gate", "up", "down"}} written into the layers' MLPs (same family)."""
-        stem = next(m["stem"] for n in names if (m := LAYER_PATTERN.match(n)))
-        updates = {
-            f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
-            for layer, ffn in ffns.items()
-            for proj in ("gate", "up", "down")
-        }
+        updates = dense_mlp_tensors(names, ffns)
         width = int(next(iter(ffns.values()))["gate"].shape[0])
         new = copy.deepcopy(config)
         if width != self.ffn_width(config):
@@ -167,3 +155,13 @@ class LlamaAdapter(FamilyAdapter):
                 raise UserError("replace_ffn: a new FFN width must be applied to every layer (uniform layers)")
             setattr(new, self.ffn_width_key(config), width)
         return self.name, Edit(new, updates)
+
+
+def dense_mlp_tensors(names: Sequence[str], ffns: Mapping[int, Mapping]) -> dict:
+    """The llama-like MLP tensors of dense SwiGLU FFNs {layer: {"gate", "up", "down"}}, named like `names`."""
+    stem = next(m["stem"] for n in names if (m := LAYER_PATTERN.match(n)))
+    return {
+        f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
+        for layer, ffn in ffns.items()
+        for proj in ("gate", "up", "down")
+    }

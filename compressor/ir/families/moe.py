@@ -13,7 +13,7 @@ import torch
 
 from compressor.errors import UserError
 from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, Member, axes, layer_of, matmul_flops
-from compressor.ir.families.llama import NORM, LlamaAdapter
+from compressor.ir.families.llama import NORM, LlamaAdapter, dense_mlp_tensors
 
 EXPERT_PATTERN = re.compile(r"\.experts\.(?P<expert>\d+)\.")
 ROUTER = r"(?:block_sparse_moe|mlp)\.gate\.weight$"
@@ -216,12 +216,7 @@ class MoEAdapter(LlamaAdapter):
         counterpart family (llama-like), attention, norms and embeddings kept."""
         if sorted(ffns) != list(range(self.num_layers(config))):
             raise UserError("replace_ffn: an MoE model must have every layer's FFN replaced at once")
-        stem = next(m["stem"] for n in names if (m := LAYER_PATTERN.match(n)))
-        updates = {
-            f"{stem}{layer}.mlp.{proj}_proj.weight": ffn[proj].detach().clone()
-            for layer, ffn in ffns.items()
-            for proj in ("gate", "up", "down")
-        }
+        updates = dense_mlp_tensors(names, ffns)
         drops = [n for n in names if layer_of(n) is not None and not (".self_attn." in n or "layernorm" in n)]
         width = int(next(iter(ffns.values()))["gate"].shape[0])
         return LlamaAdapter.name, Edit(self.dense_config(config, width), updates, {}, drops)

@@ -158,3 +158,31 @@ def taylor_importance(weights: Mapping[str, torch.Tensor], grads: Mapping[str, t
     """|Σ_{w in unit} w·∂L/∂w|: first-order Taylor estimate of the loss change when the unit is zeroed."""
     products = {n: weights[n].detach().double() * grads[n].double() for n in grads if n in weights}
     return unit_scores(products, members, units, "sum_abs")
+
+
+# ---- hidden stream covariance for PCA projection (ALGORITHMS §3b) -----------------------------------------------
+
+
+@torch.no_grad()
+def stream_covariance(model, batches: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """Σ XᵀX [d, d] (float64) over every hidden state the model exposes (each layer's input and the final one),
+    each token scaled to unit RMS first: the readers see the stream through RMSNorm, so directions matter, not
+    the growth of the stream's norm with depth. Padding tokens are left out."""
+    total = None
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            states = model(**batch, output_hidden_states=True).hidden_states
+            mask = batch.get("attention_mask")
+            for state in states:
+                x = state.double()
+                x = x / x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
+                if mask is not None:
+                    x = x * mask.to(x.dtype).unsqueeze(-1)
+                x = x.reshape(-1, x.shape[-1])
+                term = x.T @ x
+                total = term if total is None else total + term
+    finally:
+        model.train(was_training)
+    return total

@@ -12,6 +12,7 @@ validation share; the lowest wins (Minitron's practice of preferring width, then
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from typing import Literal
 
@@ -22,17 +23,33 @@ from compressor.budget import Budget, layers_for_budget
 from compressor.data import lm_blocks
 from compressor.errors import UserError
 from compressor.evaluate import embedding_cosine
-from compressor.importance import activation_importance, layer_block_influence, magnitude_importance, taylor_importance
+from compressor.importance import (
+    activation_importance,
+    layer_block_influence,
+    magnitude_importance,
+    stream_covariance,
+    taylor_importance,
+)
 from compressor.ir import ModelIR
+from compressor.ir.rotation import rotate_hidden
 from compressor.kd.divergences import forward_kl
 from compressor.kd.losses import lm_cross_entropy
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
+from passes.prune_joint import JointSettings, joint_prune
 from passes.prune_report import plot_importance, prune_lines
 from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, shape_of
 
 
 class PruneConfig(PassConfig):
+    method: Literal["oneshot", "joint"] = Field(
+        default="oneshot",
+        description="oneshot: score once and slice (Minitron); joint: learn hard-concrete gates while distilling "
+        "(DPHuBERT, causal LMs, heads and FFN)",
+    )
+    hidden_method: Literal["select", "pca"] = Field(
+        default="select", description="cut the hidden stream by channel selection, or by PCA projection (§3b)"
+    )
     importance: Literal["activation", "magnitude", "taylor"] = Field(
         default="activation", description="activation (Minitron), magnitude, or first-order Taylor (causal LMs)"
     )
@@ -44,6 +61,13 @@ class PruneConfig(PassConfig):
     calibration_batch_size: int = Field(default=8, ge=1)
     seq_len: int = Field(default=128, ge=8)
     score_blocks: int = Field(default=16, ge=1, description="validation blocks that score each candidate shape")
+    joint_steps: int = Field(default=300, ge=1, description="joint: gate-learning distillation steps")
+    joint_batch_size: int = Field(default=8, ge=1)
+    joint_lr: float = Field(default=2e-4, gt=0, description="joint: the weights' learning rate (§4)")
+    joint_gate_lr: float = Field(
+        default=0.1, gt=0, description="joint: log α learning rate (§4 uses 0.02 over 50k steps; ours are ~100× fewer)"
+    )
+    joint_lambda_lr: float = Field(default=0.1, gt=0, description="joint: λ ascent learning rate (§4: 0.02)")
 
 
 @register
@@ -76,6 +100,17 @@ class Prune(Pass):
             )
         if cfg.importance == "taylor" and ir.task != "causal-lm":
             raise UserError(f"{self.where}.importance: taylor needs a language-model loss (causal LMs only)")
+        if cfg.hidden_method == "pca" and not ir.adapter.rotation_invariant:
+            raise UserError(
+                f"{self.where}.hidden_method: pca needs a pre-norm RMSNorm family; {ir.config.model_type} is post-norm"
+            )
+        if cfg.method == "joint":
+            if ir.task != "causal-lm":
+                raise UserError(f"{self.where}.method: joint distils logits (causal LMs only)")
+            if self.explicit():
+                raise UserError(f"{self.where}.method: joint learns the shape; give a params budget, not axis counts")
+            if budget.params is None:
+                raise UserError(f"{self.where}.method: joint needs a parameter budget (--budget params=0.5)")
 
     def explicit(self) -> bool:
         cfg: PruneConfig = self.config
@@ -88,7 +123,11 @@ class Prune(Pass):
         batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
                                            cfg.seq_len))  # fmt: skip
         model = ir.materialize(ctx.device)  # the unpruned model: scored once, and the reference for candidates
+        if cfg.method == "joint":
+            return self.run_joint(ir, model, ctx)
         scores = self.importance(ir, model, batches)
+        if cfg.hidden_method == "pca":
+            scores["covariance"] = stream_covariance(model, batches)
         if self.explicit():
             shape = Shape(
                 cfg.layers or teacher.layers,
@@ -100,10 +139,12 @@ class Prune(Pass):
             chosen, scored = "given", {}
         else:
             chosen, shape, scored = self.search(ir, model, ctx, scores)
-        student = prune_to(ir, shape, scores)
+        student = prune_to(ir, shape, scores, cfg.hidden_method)
         before, after = ir.summary()["totals"]["params"], student.summary()["totals"]["params"]
         ctx.metrics.update(
             {
+                "method": "oneshot",
+                "hidden_method": cfg.hidden_method,
                 "importance": cfg.importance,
                 "shape_before": teacher.as_dict(),
                 "shape_after": shape.as_dict(),
@@ -115,9 +156,40 @@ class Prune(Pass):
                 "kept_layers": kept_layers(scores, shape.layers),
             }
         )
-        tensors = {k: v.tolist() for k, v in scores.items() if isinstance(v, torch.Tensor)}
+        tensors = {k: v.tolist() for k, v in scores.items() if isinstance(v, torch.Tensor) and k != "covariance"}
         plot_importance(tensors, ctx.artifacts / "plots" / "prune_importance.png")
         ctx.metrics["plot"] = "plots/prune_importance.png"
+        return student
+
+    def run_joint(self, ir: ModelIR, model, ctx: PassContext) -> ModelIR:
+        """DPHuBERT (`passes.prune_joint`): gates learnt while distilling from the unpruned `model`."""
+        cfg: PruneConfig = self.config
+        total = ir.summary()["totals"]["params"]
+        target = int(ctx.budget.params_share(total) * total)
+        corpus = ctx.require_corpus(self.name)
+        need = cfg.joint_steps * cfg.joint_batch_size
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=need, name=corpus.name)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        settings = JointSettings(
+            steps=cfg.joint_steps, batch_size=cfg.joint_batch_size, lr=cfg.joint_lr, gate_lr=cfg.joint_gate_lr,
+            lambda_lr=cfg.joint_lambda_lr, seed=ctx.seed,
+        )  # fmt: skip
+        student, report = joint_prune(ir, model, blocks, target, settings, ctx.device,
+                                      progress=joint_progress if ctx.show_progress else None)  # fmt: skip
+        ctx.metrics.update(
+            {
+                "method": "joint",
+                "shape_before": shape_of(ir).as_dict(),
+                "shape_after": shape_of(student).as_dict(),
+                "chosen": "joint",
+                "candidates": {},
+                "params_before": total,
+                "params_after": student.summary()["totals"]["params"],
+                "embedding_params": embedding_params(ir),
+                "joint": report,
+            }
+        )
         return student
 
     def importance(self, ir: ModelIR, model, batches: list[dict]) -> dict[str, torch.Tensor]:
@@ -163,7 +235,7 @@ class Prune(Pass):
         held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
         scored = {}
         for name, shape in candidates.items():
-            student = prune_to(ir, shape, scores).materialize(ctx.device)
+            student = prune_to(ir, shape, scores, cfg.hidden_method).materialize(ctx.device)
             scored[name] = {
                 "shape": shape.as_dict(),
                 "params": cost(shape),
@@ -173,8 +245,16 @@ class Prune(Pass):
         return best, candidates[best], scored
 
 
-def prune_to(ir: ModelIR, shape: Shape, scores: dict) -> ModelIR:
-    """`ir` cut to `shape`, keeping the highest-scoring units of every axis (layers first, then widths)."""
+def joint_progress(step: int, steps: int, distill: float, sparsity: float, target: float) -> None:
+    """One stderr line per tenth of the joint run: the loss, and the expected sparsity against its target."""
+    if step == steps or step % max(1, steps // 10) == 0:
+        print(f"prune joint: step {step}/{steps}  kl {distill:.4f}  sparsity {sparsity:.3f} -> {target:.3f}",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+def prune_to(ir: ModelIR, shape: Shape, scores: dict, hidden_method: str = "select") -> ModelIR:
+    """`ir` cut to `shape`, keeping the highest-scoring units of every axis (layers first, then widths); the hidden
+    stream by channel selection, or by projecting onto its principal directions (`scores["covariance"]`)."""
     teacher = shape_of(ir)
     layers = kept_layers(scores, shape.layers)
     student = ir.drop_layers(layers) if shape.layers != teacher.layers else ir
@@ -186,7 +266,10 @@ def prune_to(ir: ModelIR, shape: Shape, scores: dict) -> ModelIR:
             "ffn", {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(layers)}
         )
     if shape.hidden != teacher.hidden:
-        student = student.slice_group("hidden", top(scores["hidden"], shape.hidden))
+        if hidden_method == "pca":
+            student, _ = rotate_hidden(student, scores["covariance"], shape.hidden)
+        else:
+            student = student.slice_group("hidden", top(scores["hidden"], shape.hidden))
     return student
 
 

@@ -17,13 +17,35 @@ AXIS_NAMES = {
 def prune_lines(report: dict, metrics: dict) -> list[str]:
     before, after = metrics["shape_before"], metrics["shape_after"]
     share = metrics["embedding_params"] / metrics["params_before"]
+    sizes = (
+        f"{metrics['params_before']:,} → {metrics['params_after']:,} parameters "
+        f"({metrics['params_after'] / metrics['params_before']:.3f}×; {share:.1%} of the teacher's parameters are "
+        "embeddings)"
+    )
+    if metrics.get("method") == "joint":
+        joint = metrics["joint"]
+        how = (
+            f"Joint distillation and pruning (DPHuBERT): hard-concrete gates on kv groups and FFN units learnt over "
+            f"{joint['steps']} steps ({joint['tokens']:,} tokens) of KL to the teacher, expected sparsity "
+            f"{joint['expected_sparsity_end']} against the target {joint['target_sparsity']}; {sizes}. The gates kept "
+            f"{joint['eval_kept_groups_per_layer']} kv groups and {joint['eval_kept_ffn_per_layer']} FFN units per "
+            "layer; a stock config needs one count per layer, so they were projected onto the uniform shape below "
+            "(the budget fills the FFN width) and the kept gates folded into the output projections."
+        )
+    else:
+        hidden = (
+            " The hidden stream was projected onto its principal directions (PCA) rather than cut by channel."
+            if metrics.get("hidden_method") == "pca" and before["hidden"] != after["hidden"]
+            else ""
+        )
+        how = (
+            f"One-shot structured pruning by **{metrics['importance']}** importance: {sizes}. Every layer keeps the "
+            f"same counts (a stock config), heads are kept inside every kv group.{hidden}"
+        )
     lines = [
         "## Pruning",
         "",
-        f"One-shot structured pruning by **{metrics['importance']}** importance: {metrics['params_before']:,} → "
-        f"{metrics['params_after']:,} parameters ({metrics['params_after'] / metrics['params_before']:.3f}×; "
-        f"{share:.1%} of the teacher's parameters are embeddings). Every layer keeps the same counts (a stock "
-        "config), heads are kept inside every kv group.",
+        how,
         "",
         "| axis | teacher | student | kept |",
         "|---|---|---|---|",

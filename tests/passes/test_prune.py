@@ -8,6 +8,7 @@ from compressor.budget import Budget
 from compressor.errors import UserError
 from compressor.ir import ModelIR
 from passes.prune import Prune, PruneConfig, gqa_heads, top
+from passes.prune_report import prune_lines
 from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
 from tests.helpers import DECODERS, STORIES, outputs, pass_context, sample_inputs
 
@@ -88,3 +89,21 @@ def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
         Prune(PruneConfig(hidden=16)).check(ModelIR.load(tiny_dirs["bert"]), Budget())
     with pytest.raises(UserError, match="run moe_to_dense first"):
         Prune(PruneConfig()).check(ModelIR.load(tiny_dirs["mixtral"]), Budget())
+
+
+def test_pca_hidden_method_projects_the_stream_and_reports_it(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    student, metrics = prune(ir, tmp_path, hidden=24, hidden_method="pca", calibration_batches=2)
+    model = student.materialize()
+    assert student.config.hidden_size == 24 == metrics["shape_after"]["hidden"]
+    assert metrics["params_after"] == sum(p.numel() for p in model.parameters())
+    assert any("principal directions" in line for line in prune_lines({}, metrics))
+
+
+def test_joint_and_pca_are_refused_where_they_cannot_work(tiny_dirs, tmp_path):
+    bert = ModelIR.load(tiny_dirs["bert"])
+    with pytest.raises(UserError, match="pre-norm"):
+        Prune(PruneConfig(hidden_method="pca")).check(bert, Budget())
+    llama = ModelIR.load(tiny_dirs["llama"])
+    with pytest.raises(UserError, match="parameter budget"):
+        Prune(PruneConfig(method="joint")).check(llama, Budget(layers=0.5))

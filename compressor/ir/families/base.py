@@ -93,6 +93,8 @@ class FamilyAdapter(ABC):
     model_types: ClassVar[tuple[str, ...]]
     task: ClassVar[str]  # "causal-lm" or "encoder"
     is_moe: ClassVar[bool] = False  # routed experts in its FFNs
+    # pre-norm with RMSNorm: a rotation of the hidden stream commutes with every norm once its scale is folded
+    rotation_invariant: ClassVar[bool] = False
     layer_list: ClassVar[str] = "layers"  # the attribute holding the transformer layers (a ModuleList)
     qkv_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")  # attention projection modules
     sliceable: ClassVar[tuple[str, ...]]  # the group kinds `slice_group` accepts

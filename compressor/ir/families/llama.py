@@ -26,6 +26,7 @@ class LlamaAdapter(FamilyAdapter):
     model_types = ("llama", "mistral", "qwen2", "qwen3")
     task = "causal-lm"
     sliceable = ("hidden", "heads", "ffn")
+    rotation_invariant = True
 
     def model_class(self, config) -> type:
         from transformers import AutoModelForCausalLM

@@ -5,7 +5,7 @@ group keeps its query heads) and FFN units while it distils from the unpruned te
 logits). An expected-size Lagrangian drives the expected parameter count to the budget; its multipliers take
 gradient-ascent steps (a max-min problem). At the end the gates turn deterministic, are projected onto one
 count per layer (stock configs cannot load per-layer widths), the kept gates' soft values are folded into the
-consumer columns (o_proj, down_proj inputs), and the model is sliced. The hidden width is not gated (§4).
+consumer columns (the attention and FFN output projections), and the model is sliced. The hidden width is not gated (§4).
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ class GatedModel:
         )
         self.handles = []
         for i, layer in enumerate(layers):
-            o_proj = adapter.attention_output_projection(layer)
+            attention_out = adapter.attention_output_projection(layer)
             down = adapter.ffn_output_projection(layer)
-            self.handles.append(o_proj.register_forward_pre_hook(self.scaler(self.head_mask, i)))
+            self.handles.append(attention_out.register_forward_pre_hook(self.scaler(self.head_mask, i)))
             self.handles.append(down.register_forward_pre_hook(self.scaler(self.ffn_mask, i)))
 
     def head_mask(self, layer: int) -> torch.Tensor:
@@ -158,8 +158,8 @@ def folded_and_sliced(ir: ModelIR, model, gated: GatedModel, shape: Shape) -> tu
             unit_mask = torch.where(unit_eval > 0, unit_eval, unit_soft)
             report["kept_groups"].append(int((gated.head_gates[i].deterministic() > 0).sum()))
             report["kept_ffn"].append(int((unit_eval > 0).sum()))
-            o_proj = adapter.attention_output_projection(layer)
-            o_proj.weight.mul_(group_mask.repeat_interleave(gated.per_group * gated.head_dim).to(o_proj.weight))
+            attention_out = adapter.attention_output_projection(layer)
+            attention_out.weight.mul_(group_mask.repeat_interleave(gated.per_group * gated.head_dim).to(attention_out.weight))
             down = adapter.ffn_output_projection(layer)
             down.weight.mul_(unit_mask.to(down.weight))
             groups = kept_units(group_mask, shape.kv_heads)

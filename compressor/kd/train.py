@@ -11,6 +11,7 @@ number, and the last good checkpoint stays on disk.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -146,9 +147,22 @@ def make_accelerator(device: torch.device, config: TrainConfig):
     precision = config.mixed_precision
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "no"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=device.type == "cpu", mixed_precision=precision, gradient_accumulation_steps=config.grad_accumulation
     )
+    if accelerator.num_processes > 1:
+        atexit.register(close_process_group)
+    return accelerator
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter does: a gloo group left to interpreter shutdown aborts the
+    process ("terminate called without an active exception", exit -6) after training has already succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def warn(message: str) -> None:

@@ -109,7 +109,9 @@ def unique_params(model) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def prune_tp(teacher_dir: str, target: int, criterion: str, calibration: torch.Tensor, out: Path) -> tuple[ModelIR, dict]:
+def prune_tp(
+    teacher_dir: str, target: int, criterion: str, calibration: torch.Tensor, out: Path
+) -> tuple[ModelIR, dict]:
     """The largest Torch-Pruning model within `target` parameters (the ratio bisected), saved and loaded as IR."""
     low, high, best = 0.0, 0.95, None
     for _ in range(9):
@@ -129,7 +131,11 @@ def prune_tp(teacher_dir: str, target: int, criterion: str, calibration: torch.T
     for file in Path(teacher.tokenizer_dir).glob("special_tokens_map.json"):
         (out / file.name).write_bytes(file.read_bytes())
     student = ModelIR.load(out)
-    return student, {"ratio": round(ratio, 4), "hidden": model.config.hidden_size, "ffn": model.config.intermediate_size}
+    return student, {
+        "ratio": round(ratio, 4),
+        "hidden": model.config.hidden_size,
+        "ffn": model.config.intermediate_size,
+    }
 
 
 def onnx_latency(ir: ModelIR, scratch: Path) -> dict:
@@ -140,7 +146,10 @@ def onnx_latency(ir: ModelIR, scratch: Path) -> dict:
     folder = export_onnx(ir, get_target("cpu"), "none", scratch, False)
     session = open_session(folder / "model.onnx", ["CPUExecutionProvider"])
     measured = measure_session(session, True, ir.adapter.vocab_size(ir.config), runs=10)
-    return {"first_token_p50_ms": measured["first_token"]["p50_ms"], "per_token_p50_ms": measured["per_token"]["p50_ms"]}
+    return {
+        "first_token_p50_ms": measured["first_token"]["p50_ms"],
+        "per_token_p50_ms": measured["per_token"]["p50_ms"],
+    }
 
 
 def recover(teacher: ModelIR, student: ModelIR, corpus, scratch: Path, steps: int, seed: int, name: str, args) -> float:

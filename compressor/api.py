@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.budget import Budget, parse_budget
+from compressor.budget import KINDS, Budget, parse_budget
 from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.device import resolve_device
 from compressor.errors import GateError, UserError
@@ -66,7 +66,7 @@ class ModelRequest:
 
     teacher: str | None = None
     target: str | None = None
-    budget: str | float | None = None  # a layer share, or layers=0.5 / params=0.5 / params=60M
+    budget: str | float | None = None  # a parameter share, or params=60M / flops=0.5 / layers=0.5
     data: str | None = None
     eval_data: str | None = None
     sts: str | None = None
@@ -106,7 +106,7 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.target:
         raw["target"] = request.target
     if request.budget is not None:
-        raw["budget"] = {**(raw.get("budget") or {}), "layers": None, "params": None, **parse_budget(request.budget)}
+        raw["budget"] = {**(raw.get("budget") or {}), **dict.fromkeys(KINDS), **parse_budget(request.budget)}
     data = dict(raw.get("data") or {})
     given = (("train", request.data), ("eval", request.eval_data), ("sts", request.sts))
     for key, value in (*given, ("text_column", request.text_column)):
@@ -118,7 +118,8 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.device:
         raw["device"] = request.device
     if not raw.get("passes"):
-        raw["passes"] = default_passes(raw.get("teacher"), bool(raw.get("budget")))
+        size = raw.get("budget") or {}
+        raw["passes"] = default_passes(raw.get("teacher"), next((k for k in KINDS if size.get(k) is not None), None))
     if request.train_tokens is not None:
         raw["budget"] = {**(raw.get("budget") or {}), "train_tokens": parse_tokens(request.train_tokens)}
     if request.time_budget is not None:

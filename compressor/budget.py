@@ -1,5 +1,5 @@
-"""The run's budget, as users say it: how small the student must be (a share of the teacher's layers or
-parameters) and how long it may train (tokens or wall time). One type for the recipe, the command line and the
+"""The run's budget, as users say it: how small the student must be (a share of the teacher's parameters, FLOPs
+per token or layers, or a parameter count) and how long it may train (tokens or wall time). One type for the recipe, the command line and the
 passes (DESIGN §6)."""
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 
 
 class Budget(BaseModel):
-    """Size: `layers` or `params` as shares of the teacher (None = not constrained). Training: `train_tokens`,
+    """Size: `params`, `flops` or `layers` as shares of the teacher, or `params` as a count (None = not
+    constrained; at most one). Training: `train_tokens`,
     `time` (seconds); copied into every training pass's config by the recipe."""
 
     model_config = ConfigDict(extra="forbid")
 
     layers: float | None = Field(default=None, gt=0, le=1)
+    flops: float | None = Field(default=None, gt=0, le=1, description="a share of the teacher's FLOPs per token")
     params: float | None = Field(
         default=None, gt=0, description="a share of the teacher's parameters in (0, 1], or a count such as 60M"
     )
@@ -56,8 +58,8 @@ class Budget(BaseModel):
 
     @model_validator(mode="after")
     def one_kind(self) -> Budget:
-        if self.layers is not None and self.params is not None:
-            raise ValueError("give either layers or params, not both")
+        if sum(v is not None for v in (self.layers, self.params, self.flops)) > 1:
+            raise ValueError("give either layers or params or flops, not more than one")
         return self
 
     def params_share(self, teacher_params: int) -> float | None:
@@ -69,7 +71,12 @@ class Budget(BaseModel):
     @property
     def sized(self) -> bool:
         """Whether a student size was asked for."""
-        return self.layers is not None or self.params is not None
+        return self.layers is not None or self.params is not None or self.flops is not None
+
+    @property
+    def kind(self) -> str | None:
+        """What the size is measured in: "layers", "params", "flops", or None when no size was asked for."""
+        return next((k for k in ("layers", "params", "flops") if getattr(self, k) is not None), None)
 
 
 def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
@@ -83,37 +90,40 @@ def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
                 f"fewer than one (smallest possible budget is {1 / total:.3f})"
             )
         return count
-    if budget.params is not None:
+    if budget.params is not None or budget.flops is not None:
+        measure = "params" if budget.params is not None else "flops_per_token"
         summary = ir.summary()
-        totals = summary["totals"]
-        share = budget.params_share(totals["params"])
-        if share > 1:
-            raise UserError(
-                f"budget params={int(budget.params):,}: more than the teacher's {totals['params']:,} parameters"
-            )
-        per_layer = sum(r["params"] for r in summary["blocks"] if r["block"].startswith("layer."))
-        fixed = totals["params"] - per_layer
+        whole = summary["totals"][measure]
+        if budget.params is not None:
+            share, asked = budget.params_share(whole), f"params={budget.params:g}"
+            if share > 1:
+                raise UserError(f"budget params={int(budget.params):,}: more than the teacher's {whole:,} parameters")
+        else:
+            share, asked = budget.flops, f"flops={budget.flops:g}"
+        per_layer = sum(r[measure] for r in summary["blocks"] if r["block"].startswith("layer."))
+        fixed = whole - per_layer
         per_layer //= total
-        count = min(total, int((share * totals["params"] - fixed) // per_layer))
+        count = min(total, int((share * whole - fixed) // max(per_layer, 1)))
         if count < 1:
-            smallest = (fixed + per_layer) / totals["params"]
+            smallest = (fixed + per_layer) / whole
             raise UserError(
-                f"budget params={budget.params:g}: not even one layer fits (embeddings and head alone "
-                f"take {fixed / totals['params']:.2f}; smallest possible is {smallest:.3f})"
+                f"budget {asked}: not even one layer fits (embeddings and head alone take {fixed / whole:.2f}; "
+                f"smallest possible is {smallest:.3f})"
             )
         return count
     return total
 
 
-BUDGET_FORMS = "a layer share such as 0.5, or layers=0.5, params=0.5 or params=60M"
+BUDGET_FORMS = "a parameter share such as 0.5, or params=0.5, params=60M, flops=0.5 or layers=0.5"
+KINDS = ("params", "flops", "layers")
 
 
 def parse_budget(text: str, what: str = "--budget") -> dict[str, float]:
-    """`--budget` as users write it: a bare share keeps that share of the teacher's layers; `layers=0.5`,
-    `params=0.5` (a share of the teacher's parameters) and `params=60M` (a count) name the kind."""
+    """`--budget` as users write it: a bare share keeps that share of the teacher's parameters (`params=0.5`);
+    `params=60M` is a count, `flops=0.5` a share of the FLOPs per token, `layers=0.5` a share of the layers."""
     kind, _, value = str(text).strip().rpartition("=")
-    kind = kind.strip() or "layers"
-    if kind not in ("layers", "params"):
+    kind = kind.strip() or "params"
+    if kind not in KINDS:
         raise UserError(f"{what} {text!r}: unknown budget kind {kind!r}; give {BUDGET_FORMS}")
     try:
         number = float(value)
@@ -121,7 +131,7 @@ def parse_budget(text: str, what: str = "--budget") -> dict[str, float]:
         if kind != "params":
             raise UserError(f"{what} {text!r}: expected {BUDGET_FORMS}") from None
         number = float(parse_tokens(value, what))
-    if number <= 0 or (kind == "layers" and number > 1):
+    if number <= 0 or (kind != "params" and number > 1):
         raise UserError(f"{what} {text!r}: a {kind} share must be in (0, 1]")
     if kind == "params" and number > 1 and not number.is_integer():
         raise UserError(f"{what} {text!r}: a parameter share is at most 1; a count is a whole number such as 60M")

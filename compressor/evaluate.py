@@ -55,6 +55,29 @@ def sentence_embeddings(
     return torch.cat(rows)
 
 
+def similarity_correlation(student: torch.Tensor, teacher: torch.Tensor) -> float:
+    """Pearson correlation of the pairwise cosine similarities of two sets of embeddings of the same texts
+    ([N, d_S], [N, d_T], any widths): 1 when the student ranks and spaces sentence pairs as the teacher does,
+    unchanged by a rotation or scale of either side. The agreement measure for a student narrower than its
+    teacher, whose embeddings share no space with the teacher's."""
+    from compressor.kd.losses import cosine_matrix
+
+    upper = torch.triu_indices(len(student), len(student), offset=1)
+    s = cosine_matrix(student.double())[upper[0], upper[1]]
+    t = cosine_matrix(teacher.double())[upper[0], upper[1]]
+    return float(torch.corrcoef(torch.stack([s, t]))[0, 1])
+
+
+def embedding_agreement(student, teacher, tokenizer, texts: Sequence[str], max_len: int = 128) -> tuple[str, float]:
+    """(metric, value): the mean cosine of the student's sentence embeddings to the teacher's when both have the
+    same width, else the correlation of their pairwise similarities (`similarity_correlation`)."""
+    s = sentence_embeddings(student, tokenizer, texts, max_len)
+    t = sentence_embeddings(teacher, tokenizer, texts, max_len)
+    if s.shape[-1] == t.shape[-1]:
+        return "embedding_cosine", float(F.cosine_similarity(s, t, dim=-1).mean())
+    return "similarity_correlation", similarity_correlation(s, t)
+
+
 def embedding_cosine(student, teacher, tokenizer, texts: Sequence[str], max_len: int = 128) -> float:
     """Mean cosine similarity of the student's sentence embeddings to the teacher's."""
     s = sentence_embeddings(student, tokenizer, texts, max_len)
@@ -128,13 +151,14 @@ def compare(
     if classifier:
         return classifier_quality(teacher, student, tokenizer, list(eval_docs)[:max_texts], eval_labels, seq_len)
     texts = (sentences(eval_docs) or list(eval_docs))[:max_sentences]
+    metric, value = embedding_agreement(student, teacher, tokenizer, texts)
     result = {
-        "metric": "embedding_cosine",
+        "metric": metric,
         "eval_sentences": len(texts),
         "teacher": {},
-        "student": {"embedding_cosine": round(embedding_cosine(student, teacher, tokenizer, texts), 4)},
+        "student": {metric: round(value, 4)},
     }
-    result["retention"] = result["student"]["embedding_cosine"]
+    result["retention"] = result["student"][metric]
     if sts_rows:
         teacher_rho, student_rho = (
             sts_spearman(teacher, tokenizer, sts_rows),

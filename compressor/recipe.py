@@ -172,13 +172,16 @@ def check_expansion(root, path: Path) -> None:
         raise UserError(f"{path}: recipe expands to more than {MAX_RECIPE_NODES:,} values (YAML aliases); refusing it")
 
 
-def default_passes(teacher: str | None = None, budget_given: bool = False) -> list[dict[str, dict[str, Any] | None]]:
-    """The default pipeline of the teacher's family (an unreadable teacher fails later, when it loads)."""
+def default_passes(
+    teacher: str | None = None, budget_kind: str | None = None
+) -> list[dict[str, dict[str, Any] | None]]:
+    """The default pipeline of the teacher's family for a size budget of `budget_kind` ("params", "flops",
+    "layers", or None when none was asked for); an unreadable teacher fails later, when it loads."""
     from compressor.ir.families import ADAPTERS
     from compressor.ir.loading import family_of
 
     adapter = (family_of(Path(teacher)) if teacher else None) or ADAPTERS[0]
-    return adapter.default_pipeline(budget_given)
+    return adapter.default_pipeline(budget_kind)
 
 
 def parse_assignments(assignments: list[str], source: str = "--set") -> dict[str, Any]:

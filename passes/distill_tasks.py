@@ -8,7 +8,7 @@ import torch
 
 from compressor.data import encode_sentences, sentences
 from compressor.errors import UserError
-from compressor.evaluate import embedding_cosine
+from compressor.evaluate import embedding_agreement
 from compressor.kd.classifier import NO_LABEL, classifier_kd_loss, classifier_scores, label_ids, mapped_hidden_loss
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.train import IndexedBatches
@@ -91,7 +91,7 @@ class TaskSetups:
 
         def evaluate(model):
             texts = held[: self.eval_count * 8]
-            return {"embedding_cosine": embedding_cosine(model, teacher, tokenizer, texts, cfg.train.seq_len)}
+            return dict([embedding_agreement(model, teacher, tokenizer, texts, cfg.train.seq_len)])
 
         def loss_fn(model, batch, step):
             with torch.no_grad():

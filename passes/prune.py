@@ -22,7 +22,7 @@ from pydantic import Field
 from compressor.budget import Budget, layers_for_budget
 from compressor.data import lm_blocks
 from compressor.errors import UserError
-from compressor.evaluate import embedding_cosine
+from compressor.evaluate import embedding_agreement
 from compressor.importance import (
     activation_importance,
     layer_block_influence,
@@ -38,7 +38,15 @@ from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
 from passes.prune_joint import JointSettings, joint_prune
 from passes.prune_report import plot_importance, prune_lines
-from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, shape_of
+from passes.prune_shapes import (
+    CANDIDATE_AXES,
+    Shape,
+    ShapeCost,
+    candidate_shapes,
+    scaled,
+    shape_of,
+    tied_head_size,
+)
 
 
 class PruneConfig(PassConfig):
@@ -91,13 +99,21 @@ class Prune(Pass):
                 raise UserError(f"{self.where}.{axis}: {asked} asked, the model has {getattr(teacher, axis)}")
         cut = [a for a in ("heads", "ffn", "hidden") if getattr(cfg, a) not in (None, getattr(teacher, a))]
         for axis in cut:
-            if axis not in ir.adapter.sliceable_for(ir.config):
+            if axis not in ir.adapter.cuttable_for(ir.config):
                 raise UserError(f"{self.where}.{axis}: the {ir.config.model_type} family cannot be cut along {axis}")
         if cfg.heads is not None and cfg.heads % teacher.kv_heads and teacher.heads // teacher.kv_heads > 1:
             raise UserError(
                 f"{self.where}.heads: {cfg.heads} is not a multiple of the {teacher.kv_heads} kv groups "
                 "(GQA keeps the same number of query heads in every group)"
             )
+        head_size = ir.adapter.attention_shape(ir.config)[2]
+        if ir.adapter.tied_cuts(ir.config) and cfg.heads and cfg.hidden and cfg.hidden != cfg.heads * head_size:
+            raise UserError(
+                f"{self.where}: {ir.config.model_type} ties the attention width to the hidden size; give hidden = "
+                f"heads × {head_size} ({cfg.heads} heads → {cfg.heads * head_size}), or one of them"
+            )
+        if ir.adapter.tied_cuts(ir.config) and cfg.hidden and cfg.hidden % head_size:
+            raise UserError(f"{self.where}.hidden: {cfg.hidden} is not a multiple of the head size {head_size}")
         if cfg.importance == "taylor" and ir.task != "causal-lm":
             raise UserError(f"{self.where}.importance: taylor needs a language-model loss (causal LMs only)")
         if cfg.hidden_method == "pca" and not ir.adapter.rotation_invariant:
@@ -111,6 +127,9 @@ class Prune(Pass):
                 raise UserError(f"{self.where}.method: joint learns the shape; give a params budget, not axis counts")
             if budget.params is None:
                 raise UserError(f"{self.where}.method: joint needs a parameter budget (--budget params=0.5)")
+
+        if cfg.method == "oneshot" and not self.explicit() and budget.kind in ("params", "flops"):
+            budget_shape_check(ir, budget)
 
     def explicit(self) -> bool:
         cfg: PruneConfig = self.config
@@ -129,14 +148,7 @@ class Prune(Pass):
         if cfg.hidden_method == "pca":
             scores["covariance"] = stream_covariance(model, batches)
         if self.explicit():
-            shape = Shape(
-                cfg.layers or teacher.layers,
-                cfg.heads or teacher.heads,
-                teacher.kv_heads if cfg.heads is None or teacher.heads // teacher.kv_heads > 1 else cfg.heads,
-                cfg.ffn or teacher.ffn,
-                cfg.hidden or teacher.hidden,
-            )
-            chosen, scored = "given", {}
+            shape, chosen, scored = self.given_shape(ir), "given", {}
         else:
             chosen, shape, scored = self.search(ir, model, ctx, scores)
         student = prune_to(ir, shape, scores, cfg.hidden_method)
@@ -192,6 +204,19 @@ class Prune(Pass):
         )
         return student
 
+    def given_shape(self, ir: ModelIR) -> Shape:
+        """The shape the config names (unnamed axes keep the teacher's count; a family whose attention width is
+        its hidden size derives one of heads and hidden from the other)."""
+        cfg: PruneConfig = self.config
+        teacher = shape_of(ir)
+        head_size = ir.adapter.attention_shape(ir.config)[2]
+        heads, hidden = cfg.heads or teacher.heads, cfg.hidden or teacher.hidden
+        if ir.adapter.tied_cuts(ir.config):
+            heads = cfg.heads or hidden // head_size
+            hidden = heads * head_size
+        kv = teacher.kv_heads if teacher.heads // teacher.kv_heads > 1 else heads
+        return Shape(cfg.layers or teacher.layers, heads, kv, cfg.ffn or teacher.ffn, hidden)
+
     def importance(self, ir: ModelIR, model, batches: list[dict]) -> dict[str, torch.Tensor]:
         """Scores of every unit of `model` (`ir` materialized): {"layers" [L] (block influence), "heads" [L, h],
         "ffn" [L, f], "hidden" [d]}."""
@@ -221,28 +246,65 @@ class Prune(Pass):
         pruning."""
         cfg: PruneConfig = self.config
         budget = ctx.budget
-        total = ir.summary()["totals"]["params"]
-        if budget.params is None and budget.layers is not None:
+        if budget.kind == "layers":
             return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
-        target = int((budget.params_share(total) or 1.0) * total)
-        cost = ShapeCost(ir)
-        candidates = candidate_shapes(ir, target, cost)
-        if not candidates:
-            raise UserError(
-                f"budget params={budget.params:g}: no uniform shape of this {ir.config.model_type} fits "
-                f"{target:,} parameters (the teacher has {total:,}, of which {embedding_params(ir):,} embeddings)"
-            )
+        candidates, cost = budget_candidates(ir, budget)
+        flops = cost if cost.measure == "flops" else ShapeCost(ir, "flops")
+        params = cost if cost.measure == "params" else ShapeCost(ir, "params")
         held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
         scored = {}
         for name, shape in candidates.items():
             student = prune_to(ir, shape, scores, cfg.hidden_method).materialize(ctx.device)
             scored[name] = {
                 "shape": shape.as_dict(),
-                "params": cost(shape),
+                "params": params(shape),
+                "flops_per_token": flops(shape),
                 "loss_to_teacher": round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5),
             }
         best = min(scored, key=lambda n: scored[n]["loss_to_teacher"])
         return best, candidates[best], scored
+
+
+def budget_shape_check(ir: ModelIR, budget: Budget) -> None:
+    """Refuse, before any work, a params or FLOPs budget that not even the smallest candidate shape meets."""
+    totals = ir.summary()["totals"]
+    if budget.kind == "flops":
+        cost, target = ShapeCost(ir, "flops"), budget.flops * totals["flops_per_token"]
+    else:
+        cost, target = ShapeCost(ir), budget.params_share(totals["params"]) * totals["params"]
+    if target > totals["params"] and cost.measure == "params" or smallest_cost(ir, cost) > target:
+        budget_candidates(ir, budget)  # raises with the full explanation
+
+
+def budget_candidates(ir: ModelIR, budget: Budget) -> tuple[dict[str, Shape], ShapeCost]:
+    """The candidate shapes meeting a params or FLOPs budget (none asked: the teacher's own shape), and the cost
+    they were fitted by; a budget no uniform shape meets is a UserError naming the smallest possible."""
+    totals = ir.summary()["totals"]
+    if budget.kind == "flops":
+        cost, whole, asked = ShapeCost(ir, "flops"), totals["flops_per_token"], f"flops={budget.flops:g}"
+        target = int(budget.flops * whole)
+    else:
+        cost, whole, asked = ShapeCost(ir), totals["params"], f"params={budget.params or 1:g}"
+        target = int((budget.params_share(whole) or 1.0) * whole)
+    if target > whole:
+        raise UserError(f"budget {asked}: more than the teacher's {whole:,} parameters")
+    smallest = smallest_cost(ir, cost)
+    candidates = candidate_shapes(ir, target, cost) if smallest <= target else {}
+    if not candidates:
+        unit = "parameters" if cost.measure == "params" else "FLOPs per token"
+        raise UserError(
+            f"budget {asked}: no uniform shape of this {ir.config.model_type} fits {target:,} {unit} (the teacher "
+            f"has {whole:,}, of which {embedding_params(ir):,} parameters are embeddings; the smallest shape has "
+            f"{smallest:,}, a share of {smallest / whole:.3f})"
+        )
+    return candidates, cost
+
+
+def smallest_cost(ir: ModelIR, cost: ShapeCost) -> int:
+    """The cost of the smallest candidate shape (one layer, or the narrowest widths): below it no budget is met."""
+    teacher, tied = shape_of(ir), tied_head_size(ir)
+    cuttable = set(ir.adapter.cuttable_for(ir.config)) | {"layers"}
+    return min(cost(scaled(teacher, axes, 1e-6, tied)) for axes in CANDIDATE_AXES if set(axes) <= cuttable)
 
 
 def joint_progress(step: int, steps: int, distill: float, sparsity: float, target: float) -> None:
@@ -258,18 +320,17 @@ def prune_to(ir: ModelIR, shape: Shape, scores: dict, hidden_method: str = "sele
     teacher = shape_of(ir)
     layers = kept_layers(scores, shape.layers)
     student = ir.drop_layers(layers) if shape.layers != teacher.layers else ir
+    cuts: dict = {}
     if shape.heads != teacher.heads:
-        student = student.slice_group("heads", {new: gqa_heads(scores["heads"][old], teacher, shape)
-                                                for new, old in enumerate(layers)})  # fmt: skip
+        cuts["heads"] = {new: gqa_heads(scores["heads"][old], teacher, shape) for new, old in enumerate(layers)}
     if shape.ffn != teacher.ffn:
-        student = student.slice_group(
-            "ffn", {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(layers)}
-        )
-    if shape.hidden != teacher.hidden:
-        if hidden_method == "pca":
-            student, _ = rotate_hidden(student, scores["covariance"], shape.hidden)
-        else:
-            student = student.slice_group("hidden", top(scores["hidden"], shape.hidden))
+        cuts["ffn"] = {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(layers)}
+    if shape.hidden != teacher.hidden and hidden_method != "pca":
+        cuts["hidden"] = top(scores["hidden"], shape.hidden)
+    if cuts:  # one edit: a family may tie widths (BERT's heads and hidden) that only a joint cut keeps stock
+        student = student.slice_groups(cuts)
+    if shape.hidden != teacher.hidden and hidden_method == "pca":
+        student, _ = rotate_hidden(student, scores["covariance"], shape.hidden)
     return student
 
 
@@ -314,9 +375,10 @@ def validation_blocks(ir: ModelIR, ctx: PassContext, name: str, seq_len: int, co
 
 @torch.no_grad()
 def loss_to_teacher(teacher, student, held, ctx: PassContext, seq_len: int) -> float:
-    """Mean KL(p_T ‖ q_S) of next-token distributions per token (LMs), or 1 − mean embedding cosine (encoders)."""
+    """Mean KL(p_T ‖ q_S) of next-token distributions per token (LMs), or 1 − the embeddings' agreement with the
+    teacher's (encoders: mean cosine at equal width, else the correlation of pairwise similarities)."""
     if not isinstance(held, torch.Tensor):
-        return 1.0 - embedding_cosine(student, teacher, ctx.tokenizer, held, seq_len)
+        return 1.0 - embedding_agreement(student, teacher, ctx.tokenizer, held, seq_len)[1]
     device = next(student.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(held), 8):

@@ -159,7 +159,9 @@ def folded_and_sliced(ir: ModelIR, model, gated: GatedModel, shape: Shape) -> tu
             report["kept_groups"].append(int((gated.head_gates[i].deterministic() > 0).sum()))
             report["kept_ffn"].append(int((unit_eval > 0).sum()))
             attention_out = adapter.attention_output_projection(layer)
-            attention_out.weight.mul_(group_mask.repeat_interleave(gated.per_group * gated.head_dim).to(attention_out.weight))
+            attention_out.weight.mul_(
+                group_mask.repeat_interleave(gated.per_group * gated.head_dim).to(attention_out.weight)
+            )
             down = adapter.ffn_output_projection(layer)
             down.weight.mul_(unit_mask.to(down.weight))
             groups = kept_units(group_mask, shape.kv_heads)

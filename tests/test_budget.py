@@ -22,7 +22,7 @@ def test_layer_budgets():
 def test_a_budget_outside_zero_to_one_or_of_both_kinds_is_refused_when_made():
     with pytest.raises(ValidationError, match="greater than 0"):
         Budget(layers=0.0)
-    with pytest.raises(ValidationError, match="either layers or params"):
+    with pytest.raises(ValidationError, match="either layers or params or flops"):
         Budget(layers=0.5, params=0.5)
 
 
@@ -35,12 +35,24 @@ def test_training_budgets_are_parsed_as_users_write_them():
 def test_budget_forms_as_users_write_them():
     from compressor.budget import parse_budget
 
-    assert parse_budget("0.5") == {"layers": 0.5} and parse_budget("layers=0.25") == {"layers": 0.25}
+    assert parse_budget("0.5") == {"params": 0.5} and parse_budget("layers=0.25") == {"layers": 0.25}
     assert parse_budget("params=0.5") == {"params": 0.5} and parse_budget("params=60M") == {"params": 60e6}
-    for bad, fragment in [("flops=0.5", "unknown budget kind"), ("half", "expected a layer share"),
-                          ("layers=1.5", "(0, 1]"), ("params=1.5", "a count is a whole number")]:  # fmt: skip
+    assert parse_budget("60M") == {"params": 60e6} and parse_budget("flops=0.4") == {"flops": 0.4}
+    for bad, fragment in [("depth=0.5", "unknown budget kind"), ("flops=half", "expected a parameter share"),
+                          ("layers=1.5", "(0, 1]"), ("flops=1.5", "(0, 1]"),
+                          ("params=1.5", "a count is a whole number")]:  # fmt: skip
         with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
             parse_budget(bad)
+
+
+def test_a_flops_budget_keeps_the_layers_whose_flops_fit():
+    ir = ModelIR.load(STORIES)
+    whole = ir.summary()["totals"]["flops_per_token"]
+    count = layers_for_budget(ir, Budget(flops=0.6))
+    assert ir.drop_layers(range(count)).summary()["totals"]["flops_per_token"] <= 0.6 * whole
+    assert ir.drop_layers(range(count + 1)).summary()["totals"]["flops_per_token"] > 0.6 * whole
+    with pytest.raises(ValidationError, match="not more than one"):
+        Budget(flops=0.5, params=0.5)
 
 
 def test_an_absolute_parameter_budget_is_a_share_of_the_teacher():

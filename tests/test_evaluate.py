@@ -21,3 +21,14 @@ def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tiny_dirs):
     model = ir.set_weights({"lm_head.weight": torch.zeros_like(ir.weights["lm_head.weight"])}).materialize()
     blocks = torch.randint(0, 512, (3, 20))
     assert math.isclose(perplexity(model, blocks), 512, rel_tol=1e-4)
+
+
+def test_similarity_correlation_is_one_for_a_rotated_scaled_copy_and_lower_for_noise():
+    from compressor.evaluate import similarity_correlation
+
+    torch.manual_seed(0)
+    teacher = torch.randn(20, 16)
+    rotation, _ = torch.linalg.qr(torch.randn(16, 16))
+    assert abs(similarity_correlation(2.0 * teacher @ rotation, teacher) - 1.0) < 1e-9
+    assert similarity_correlation(teacher[:, :8], teacher) < 1.0  # a width cut keeps only part of the structure
+    assert abs(similarity_correlation(torch.randn(20, 4), teacher)) < 0.5

@@ -25,7 +25,7 @@ from compressor.ir.dataflow import Group, build_graph, derive_groups
 from compressor.ir.families import adapter_for, adapter_named
 from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter
 from compressor.ir.loading import align_names, parameter_names, read_config
-from compressor.ir.slicing import slice_groups
+from compressor.ir.slicing import slice_groups, slice_kinds
 from compressor.ir.weights import WeightStore, checkpoint_files
 
 LINEAGE_FILE = "compressor.json"
@@ -197,6 +197,14 @@ class ModelIR:
         }
         return self.apply(edit, record)
 
+    def slice_groups(self, cuts: Mapping[str, Mapping[int, Sequence[int]] | Sequence[int]]) -> ModelIR:
+        """Cut several kinds in one edit, checked once at the end ({kind: keep}, each as in `slice_group`): the way
+        to cut widths a family ties together (BERT's heads and hidden), and the same as one cut after another
+        for every other family."""
+        edit = slice_kinds(self.adapter, self.config, self.weights, self.groups, cuts)
+        kept = {k: len(v) if not isinstance(v, Mapping) else len(next(iter(v.values()))) for k, v in cuts.items()}
+        return self.apply(edit, {"op": "slice_groups", "kept": kept})
+
     def moe_layer(self, layer: int) -> dict:
         """Layer `layer`'s router, stacked experts and shared expert by role (the MoE adapter's `moe_layer`)."""
         if not self.adapter.is_moe:
@@ -296,6 +304,11 @@ class ModelIR:
                 for name in TOKENIZER_DIRS:
                     if (self.tokenizer_dir / name).is_dir():
                         shutil.copytree(self.tokenizer_dir / name, tmp / name)
+                pooling = tmp / "1_Pooling" / "config.json"
+                if pooling.exists():  # sentence-transformers states the embedding width: a hidden cut changes it
+                    settings = json.loads(pooling.read_text())
+                    settings["word_embedding_dimension"] = self.adapter.hidden_size(self.config)
+                    pooling.write_text(json.dumps(settings, indent=2))
             record = {
                 "family": self.family,
                 "summary": self.summary()["totals"],

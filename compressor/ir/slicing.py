@@ -6,6 +6,7 @@ of units keeps the same units in every member. The adapter only checks the keep-
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -56,15 +57,17 @@ def slice_groups(
     groups: Mapping[str, Group],
     kind: str,
     keep: Mapping[int, Sequence[int]] | Sequence[int],
+    together: Sequence[str] = (),
 ) -> Edit:
-    """The edit that keeps units `keep` of every group of `kind` (per layer, or one list for all layers)."""
+    """The edit that keeps units `keep` of every group of `kind` (per layer, or one list for all layers);
+    `together` names every kind of a joint edit (`slice_kinds`), for the family's tied-width check."""
     if kind == "hidden":
         if isinstance(keep, Mapping) or not keep:
             raise UserError("slice_group('hidden'): give one list of hidden channels to keep (at least one)")
         table = {None: [int(i) for i in keep]}
     else:
         table = per_layer(keep, adapter.num_layers(config), kind)
-    adapter.check_slice(config, kind, table)  # first: an unsupported kind is refused with the family's reason
+    adapter.check_slice(config, kind, table, together)  # first: an unsupported kind is refused with the family's reason
     size = adapter.unit_counts(config)[kind]
     for layer, units in table.items():
         check_indices(units, size, kind if layer is None else f"layer {layer} {kind}")
@@ -80,7 +83,33 @@ def slice_groups(
                 else:
                     edit.drops.append(member.name)
                 continue
-            edit.updates[member.name] = select_units(
-                weights[member.name], member.axis, member_keep(member, units), member.unit
-            )
+            source = edit.updates.get(member.name, weights[member.name])  # a tensor may face the group twice
+            edit.updates[member.name] = select_units(source, member.axis, member_keep(member, units), member.unit)
     return edit
+
+
+def slice_kinds(
+    adapter: FamilyAdapter,
+    config,
+    weights: Mapping[str, torch.Tensor],
+    groups: Mapping[str, Group],
+    cuts: Mapping[str, Mapping[int, Sequence[int]] | Sequence[int]],
+) -> Edit:
+    """One edit cutting several kinds, each applied to the tensors the previous cuts left: the only way to cut
+    widths a family ties together (BERT: heads × head size = hidden), whose one-kind edits are not stock models.
+    The group members (names and axes) do not change when another kind is cut, so the teacher's groups serve."""
+    kinds = list(cuts)
+    if not kinds:
+        raise UserError("slice_groups: give at least one kind to cut")
+    counts = {k: len(v) if not isinstance(v, Mapping) else len(next(iter(v.values()), [])) for k, v in cuts.items()}
+    adapter.check_cuts(config, counts)
+    updates: dict[str, torch.Tensor] = {}
+    renames: dict[str, str] = {}
+    drops: list[str] = []
+    for kind in kinds:
+        edit = slice_groups(adapter, config, ChainMap(updates, weights), groups, kind, cuts[kind], kinds)
+        config = edit.config
+        updates.update(edit.updates)
+        renames.update(edit.renames)
+        drops += edit.drops
+    return Edit(config, updates, renames, drops)

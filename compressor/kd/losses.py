@@ -61,6 +61,26 @@ def hidden_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor 
     return masked_mean(per_token, mask)
 
 
+def cosine_matrix(x: torch.Tensor) -> torch.Tensor:
+    """Cosine similarities of the rows of `x` [..., N, d] with each other: [..., N, N]."""
+    unit = F.normalize(x.float(), dim=-1)
+    return unit @ unit.transpose(-1, -2)
+
+
+def similarity_matrix_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the in-batch cosine-similarity matrices of embeddings [N, d_S] and [N, d_T]:
+    a relation loss (MiniLM-v2 style, §7.10, on embeddings) that needs no equal width. 0 for equal embeddings,
+    unchanged by a rotation or positive scale of either side."""
+    return (cosine_matrix(student) - cosine_matrix(teacher)).pow(2).mean()
+
+
+def token_relation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same relation per sequence between its tokens' hidden states [B, S, d] (pairs of real tokens only)."""
+    pairs = (mask.unsqueeze(-1) * mask.unsqueeze(-2)).float()
+    difference = (cosine_matrix(student) - cosine_matrix(teacher)).pow(2)
+    return (difference * pairs).sum() / pairs.sum().clamp_min(1.0)
+
+
 def encoder_kd_loss(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -68,7 +88,17 @@ def encoder_kd_loss(
     cosine_weight: float = 1.0,
     mse_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Encoder distillation: cosine on mean-pooled embeddings plus MSE on last hidden states (pads excluded)."""
+    """Encoder distillation: cosine on mean-pooled embeddings plus MSE on last hidden states (pads excluded).
+    A student narrower than its teacher (hidden pruning) has no common space to compare in: it learns the
+    teacher's similarity structure instead, between the sentences of the batch and between each sentence's tokens
+    (`similarity_matrix_loss`, `token_relation_loss`, in place of cosine and MSE, with the same weights)."""
+    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+        pooled = similarity_matrix_loss(
+            mean_pool(student_hidden, attention_mask), mean_pool(teacher_hidden, attention_mask)
+        )
+        tokens = token_relation_loss(student_hidden, teacher_hidden, attention_mask)
+        parts = {"relation": float(pooled.detach()), "token_relation": float(tokens.detach())}
+        return cosine_weight * pooled + mse_weight * tokens, parts
     cosine = cosine_embedding_loss(mean_pool(student_hidden, attention_mask), mean_pool(teacher_hidden, attention_mask))
     mse = hidden_mse(student_hidden, teacher_hidden, attention_mask.bool())
     parts = {"cosine": float(cosine.detach()), "mse": float(mse.detach())}

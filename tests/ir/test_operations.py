@@ -171,3 +171,27 @@ def test_flops_per_token_closed_form_for_llama(tiny_dirs):
     per_layer = 2 * (d * h * dh * 2 + d * kv * dh * 2) + 4 * context * h * dh + 2 * 3 * d * f
     expected = c.num_hidden_layers * per_layer + 2 * v * d
     assert ir.summary(context)["totals"]["flops_per_token"] == expected
+
+
+def test_bert_heads_and_hidden_cut_in_one_edit_keep_invariants(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["bert"])  # hidden 32 = 4 heads × 8
+    rng = random.Random(0)
+    heads = {layer: random_subset(rng, 4, 3) for layer in range(ir.num_layers)}
+    student = ir.slice_groups({"heads": heads, "hidden": random_subset(rng, 32, 24), "ffn": random_subset(rng, 64, 40)})
+    assert (student.config.hidden_size, student.config.num_attention_heads) == (24, 3)
+    check_invariants(student, "bert", tmp_path)
+    same = ir.slice_groups({"heads": list(range(4)), "hidden": list(range(32))})
+    inputs = sample_inputs("bert")
+    assert torch.equal(outputs(same.materialize(), inputs), outputs(ir.materialize(), inputs))
+    with pytest.raises(UserError, match="hidden = heads × 8"):
+        ir.slice_groups({"heads": list(range(3)), "hidden": list(range(16))})
+    with pytest.raises(UserError, match="cut heads and hidden together"):
+        ir.slice_groups({"hidden": list(range(16))})
+
+
+def test_one_edit_of_several_kinds_equals_the_cuts_one_after_another(tiny_dirs):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    heads, ffn, hidden = [2, 3], list(range(0, 64, 2)), list(range(1, 32, 2))
+    joint = ir.slice_groups({"heads": heads, "ffn": ffn, "hidden": hidden})
+    chained = ir.slice_group("heads", heads).slice_group("ffn", ffn).slice_group("hidden", hidden)
+    assert all(torch.equal(joint.weights[n], chained.weights[n]) for n in chained.weights)

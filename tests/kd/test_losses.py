@@ -105,3 +105,31 @@ def test_encoder_loss_zero_for_identical_states_and_mse_ignores_pads():
     noisy = hidden.clone()
     noisy[0, 2:] += 10
     assert hidden_mse(noisy, hidden, mask.bool()).abs() < 1e-6
+
+
+def test_relation_losses_need_no_equal_width_and_ignore_rotation_and_scale():
+    from compressor.kd.losses import similarity_matrix_loss, token_relation_loss
+
+    torch.manual_seed(0)
+    teacher = torch.randn(6, 12)
+    rotation, _ = torch.linalg.qr(torch.randn(12, 12))
+    assert similarity_matrix_loss(teacher, teacher) == 0
+    assert similarity_matrix_loss(3.0 * teacher @ rotation, teacher) < 1e-10
+    assert similarity_matrix_loss(torch.randn(6, 5), teacher) > 0.01  # a narrower, unrelated student
+    hidden = torch.randn(2, 4, 12)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert token_relation_loss(hidden @ rotation, hidden, mask) < 1e-10
+    changed = hidden.clone()
+    changed[:, 3] = torch.randn(2, 12)  # only padded positions change
+    changed[1, 2] = torch.randn(12)
+    assert token_relation_loss(changed, hidden, mask) < 1e-10
+
+
+def test_a_narrower_student_is_distilled_on_relations_with_gradients():
+    from compressor.kd.losses import encoder_kd_loss
+
+    torch.manual_seed(0)
+    student = torch.randn(3, 5, 8, requires_grad=True)
+    loss, parts = encoder_kd_loss(student, torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.long))
+    loss.backward()
+    assert set(parts) == {"relation", "token_relation"} and student.grad.abs().sum() > 0

@@ -10,7 +10,7 @@ from compressor.ir import ModelIR
 from passes.prune import Prune, PruneConfig, gqa_heads, top
 from passes.prune_report import prune_lines
 from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
-from tests.helpers import DECODERS, STORIES, outputs, pass_context, sample_inputs
+from tests.helpers import DECODERS, STORIES, make_tiny_classifier, minilm_dir, outputs, pass_context, sample_inputs
 
 
 def prune(ir, tmp_path, budget=None, **config):
@@ -85,8 +85,15 @@ def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
         Prune(PruneConfig(ffn=99)).check(ir, Budget())
     with pytest.raises(UserError, match="multiple of the 2 kv groups"):
         Prune(PruneConfig(heads=3)).check(ir, Budget())
-    with pytest.raises(UserError, match="cannot be cut along hidden"):
-        Prune(PruneConfig(hidden=16)).check(ModelIR.load(tiny_dirs["bert"]), Budget())
+    bert = ModelIR.load(tiny_dirs["bert"])  # hidden 32, 4 heads of 8: the attention width is the hidden size
+    with pytest.raises(UserError, match="not a multiple of the head size 8"):
+        Prune(PruneConfig(hidden=12)).check(bert, Budget())
+    with pytest.raises(UserError, match="hidden = heads × 8"):
+        Prune(PruneConfig(heads=2, hidden=24)).check(bert, Budget())
+    with pytest.raises(UserError, match="no uniform shape .* fits"):
+        Prune(PruneConfig()).check(ir, Budget(params=0.01))
+    with pytest.raises(UserError, match="more than the teacher's"):
+        Prune(PruneConfig()).check(ir, Budget(params=10**9))
     with pytest.raises(UserError, match="run moe_to_dense first"):
         Prune(PruneConfig()).check(ModelIR.load(tiny_dirs["mixtral"]), Budget())
 
@@ -107,3 +114,47 @@ def test_joint_and_pca_are_refused_where_they_cannot_work(tiny_dirs, tmp_path):
     llama = ModelIR.load(tiny_dirs["llama"])
     with pytest.raises(UserError, match="parameter budget"):
         Prune(PruneConfig(method="joint")).check(llama, Budget(layers=0.5))
+
+
+def test_bert_heads_and_hidden_are_cut_together_and_reach_the_embeddings(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["bert"])
+    student, metrics = prune(ir, tmp_path, heads=2, ffn=32)  # hidden follows: 2 heads × 8
+    assert student.config.hidden_size == 16 == metrics["shape_after"]["hidden"]
+    assert student.config.num_attention_heads == 2
+    embeddings = [n for n in student.weights if "word_embeddings" in n]
+    assert student.weights[embeddings[0]].shape[1] == 16
+    assert metrics["params_after"] == sum(p.numel() for p in student.materialize().parameters())
+
+
+def test_a_classifier_keeps_its_pooler_and_head_consistent_when_the_hidden_is_cut(tmp_path):
+    ir = ModelIR.load(make_tiny_classifier(tmp_path / "classifier"))
+    student, _ = prune(ir, tmp_path, hidden=16)
+    saved = student.save(tmp_path / "saved")
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    logits = model(**sample_inputs("bert")).logits
+    assert logits.shape[-1] == 2 and torch.isfinite(logits).all()
+
+
+def test_minilm_at_half_the_parameters_really_halves_them_by_cutting_the_hidden(tmp_path):
+    ir = ModelIR.load(minilm_dir())
+    student, metrics = prune(ir, tmp_path, Budget(params=0.5), calibration_batches=2, score_blocks=2)
+    assert metrics["params_after"] <= 0.5 * metrics["params_before"]
+    assert metrics["params_after"] > 0.4 * metrics["params_before"]  # the budget is used, not undershot
+    assert metrics["embedding_params"] > 0.5 * metrics["params_before"]  # depth alone could never meet it
+    assert student.config.hidden_size < ir.config.hidden_size
+    assert student.config.hidden_size == 32 * student.config.num_attention_heads
+    saved = student.save(tmp_path / "saved")
+    assert ModelIR.load(saved).summary()["totals"]["params"] == metrics["params_after"]
+    pooling = (saved / "1_Pooling" / "config.json").read_text()
+    assert f'"word_embedding_dimension": {student.config.hidden_size}' in pooling
+
+
+def test_a_flops_budget_is_met_by_flops_not_by_parameters(tmp_path):
+    ir = ModelIR.load(STORIES)
+    student, metrics = prune(ir, tmp_path, Budget(flops=0.6), calibration_batches=2, score_blocks=2)
+    whole = ir.summary()["totals"]["flops_per_token"]
+    assert student.summary()["totals"]["flops_per_token"] <= 0.6 * whole
+    for candidate in metrics["candidates"].values():
+        assert candidate["flops_per_token"] <= 0.6 * whole

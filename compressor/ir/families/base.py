@@ -98,6 +98,8 @@ class FamilyAdapter(ABC):
     layer_list: ClassVar[str] = "layers"  # the attribute holding the transformer layers (a ModuleList)
     qkv_names: ClassVar[tuple[str, str, str]] = ("q_proj", "k_proj", "v_proj")  # attention projection modules
     sliceable: ClassVar[tuple[str, ...]]  # the group kinds `slice_group` accepts
+    # the attention's width is the hidden size (BERT): heads and hidden are cut only together, hidden = heads × d_h
+    hidden_is_attention_width: ClassVar[bool] = False
 
     # ---- construction -------------------------------------------------------------------------
     @abstractmethod
@@ -107,6 +109,14 @@ class FamilyAdapter(ABC):
     def sliceable_for(self, config) -> tuple[str, ...]:
         """The group kinds this config can be sliced along while staying a stock model."""
         return self.sliceable
+
+    def tied_cuts(self, config) -> tuple[str, ...]:
+        """Kinds that are cut only together, in one `ModelIR.slice_groups` edit (empty: every kind alone)."""
+        return ("heads", "hidden") if self.hidden_is_attention_width else ()
+
+    def cuttable_for(self, config) -> tuple[str, ...]:
+        """Every kind a pruner may cut: alone (`sliceable_for`) or together with its tied kinds."""
+        return tuple(dict.fromkeys((*self.sliceable_for(config), *self.tied_cuts(config))))
 
     def num_layers(self, config) -> int:
         return int(config.num_hidden_layers)
@@ -133,9 +143,12 @@ class FamilyAdapter(ABC):
             "heads": self.attention_shape(config)[0],
         }
 
-    def default_pipeline(self, budget_given: bool) -> list[dict]:
-        """The passes `compress model` runs with no recipe: inherit layers by importance, distil, export."""
-        return [{"inherit": {}}, {"distill": {}}, {"export": {}}]
+    def default_pipeline(self, budget_kind: str | None) -> list[dict]:
+        """The passes `compress model` runs with no recipe: under a parameter or FLOPs budget, structured pruning
+        (width and depth, the shape chosen by measurement), else inherit layers by importance; then distil and
+        export."""
+        shrink = {"prune": {}} if budget_kind in ("params", "flops") else {"inherit": {}}
+        return [shrink, {"distill": {}}, {"export": {}}]
 
     def is_classifier(self, config) -> bool:
         """Whether the checkpoint is a sequence classifier (distilled on class logits, exported as such)."""
@@ -205,10 +218,27 @@ class FamilyAdapter(ABC):
             new.layer_types = [layer_types[i] for i in keep]
         return new
 
-    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
-        """Refuse a keep-set that would not leave a stock model (UserError); called before any tensor is cut."""
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]], together: Sequence[str] = ()) -> None:
+        """Refuse a keep-set that would not leave a stock model (UserError); called before any tensor is cut.
+        `together`: every kind of the edit this cut belongs to (tied kinds are accepted only all at once)."""
+        tied = self.tied_cuts(config)
+        if kind in tied and set(tied) <= set(together):
+            return
         if kind not in self.sliceable_for(config):
-            raise self.unsupported(kind, f"supported kinds are {', '.join(self.sliceable_for(config))}")
+            reason = f"supported kinds are {', '.join(self.sliceable_for(config))}"
+            if kind in tied:
+                reason = f"{' and '.join(tied)} are cut only together (ModelIR.slice_groups)"
+            raise self.unsupported(kind, reason)
+
+    def check_cuts(self, config, counts: Mapping[str, int]) -> None:
+        """Refuse a set of counts cut in one edit that would not leave a stock model (tied widths)."""
+        if self.hidden_is_attention_width and "hidden" in counts and "heads" in counts:  # one alone: check_slice
+            head_size = self.attention_shape(config)[2]
+            if counts["hidden"] != counts["heads"] * head_size:
+                raise UserError(
+                    f"slice_groups: the attention width is the hidden size in {config.model_type}; keep hidden = "
+                    f"heads × {head_size} (asked {counts['heads']} heads, {counts['hidden']} hidden)"
+                )
 
     @abstractmethod
     def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):

@@ -24,6 +24,7 @@ class BertAdapter(FamilyAdapter):
     layer_list = "layer"
     qkv_names = ("query", "key", "value")
     sliceable = ("ffn",)
+    hidden_is_attention_width = True  # heads × head size = hidden_size: cut together (`tied_cuts`)
 
     def model_class(self, config) -> type:
         import transformers
@@ -91,22 +92,50 @@ class BertAdapter(FamilyAdapter):
                     residual=True,
                 )
             )
-        head = [n for n in names if layer_of(n) is None and n not in embed]
-        # The pooler runs once per sequence, not per token: its cost is not charged per token.
-        head_flops = sum(matmul_flops(shapes[n]) for n in head if "pooler" not in n)
-        blocks.append(Block("head", "head", tuple(head), head_flops, reads=axes(head, r"pooler\.dense\.weight$", 1)))
+        outside = [n for n in names if layer_of(n) is None and n not in embed]
+        pooler = [n for n in outside if ".pooler." in f".{n}"]
+        classifier = [n for n in outside if n not in pooler]
+        # The pooler runs once per sequence, not per token: its cost is not charged per token. Its output is as
+        # wide as the hidden size (the pooler writes it, the classifier reads it), so a hidden cut keeps the same
+        # channel set there too.
+        blocks.append(
+            Block(
+                "head" if not classifier else "pooler",
+                "head",
+                tuple(pooler),
+                0,
+                reads=axes(pooler, r"pooler\.dense\.weight$", 1),
+                writes=axes(pooler, r"pooler\.dense\.(?:weight|bias)$", 0),
+            )
+        )
+        if classifier:
+            blocks.append(
+                Block(
+                    "head",
+                    "head",
+                    tuple(classifier),
+                    sum(matmul_flops(shapes[n]) for n in classifier),
+                    reads=axes(classifier, r"classifier\.weight$", 1),
+                )
+            )
         return blocks
 
-    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
-        if kind in ("hidden", "heads"):
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]], together: Sequence[str] = ()) -> None:
+        if kind in ("hidden", "heads") and not {"hidden", "heads"} <= set(together):
             raise self.unsupported(
                 kind,
-                "stock BertModel ties the attention width to hidden_size (heads × head size), so a uniform "
-                "cut of one without the other is not a standard architecture",
+                "stock BertModel ties the attention width to hidden_size (heads × head size), so cut heads and "
+                "hidden together (ModelIR.slice_groups, hidden = heads × head size)",
             )
-        super().check_slice(config, kind, keep)
+        super().check_slice(config, kind, keep, together)
 
     def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
         new = copy.deepcopy(config)
-        new.intermediate_size = len(next(iter(keep.values())))
+        count = len(next(iter(keep.values())))
+        if kind == "hidden":
+            new.hidden_size = count
+        elif kind == "heads":
+            new.num_attention_heads = count
+        else:
+            new.intermediate_size = count
         return new

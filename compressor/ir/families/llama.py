@@ -114,8 +114,8 @@ class LlamaAdapter(FamilyAdapter):
         )
 
     # ---- slicing --------------------------------------------------------------------------------
-    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
-        super().check_slice(config, kind, keep)
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]], together: Sequence[str] = ()) -> None:
+        super().check_slice(config, kind, keep, together)
         if kind != "heads":
             return
         heads, kv_heads, _ = self.attention_shape(config)

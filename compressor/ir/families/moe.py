@@ -39,10 +39,10 @@ class MoEAdapter(LlamaAdapter):
     is_moe = True
     sliceable = ("hidden", "heads", "ffn", "experts")
 
-    def default_pipeline(self, budget_given: bool) -> list[dict]:
+    def default_pipeline(self, budget_kind: str | None) -> list[dict]:
         """The MoE first becomes dense (`moe_to_dense`, its compression: every layer keeps one expert's compute),
         then is refined by distillation from the MoE; layers are dropped too only when a budget was asked for."""
-        inherit = [{"inherit": {}}] if budget_given else []
+        inherit = [{"inherit": {}}] if budget_kind else []
         return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
 
     def genai_model_type(self, config) -> str | None:
@@ -151,10 +151,10 @@ class MoEAdapter(LlamaAdapter):
             return ("ffn", "experts")
         return self.sliceable
 
-    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]]) -> None:
+    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]], together: Sequence[str] = ()) -> None:
         if kind not in self.sliceable_for(config):
             raise self.unsupported(kind, f"{config.model_type} supports {', '.join(self.sliceable_for(config))}")
-        super().check_slice(config, kind, keep)
+        super().check_slice(config, kind, keep, together)
         if kind == "ffn" and getattr(config, "mlp_only_layers", None):
             raise self.unsupported(kind, "the teacher mixes dense and MoE layers (mlp_only_layers)")
         kept = len(next(iter(keep.values())))

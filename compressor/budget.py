@@ -1,6 +1,6 @@
 """The run's budget, as users say it: how small the student must be (a share of the teacher's parameters, FLOPs
-per token or layers, or a parameter count) and how long it may train (tokens or wall time). One type for the recipe, the command line and the
-passes (DESIGN §6)."""
+per token or layers, or a parameter count) and how long it may train (tokens or wall time). One type for the
+recipe, the command line and the passes (DESIGN §6)."""
 
 from __future__ import annotations
 

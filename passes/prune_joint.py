@@ -5,7 +5,8 @@ group keeps its query heads) and FFN units while it distils from the unpruned te
 logits). An expected-size Lagrangian drives the expected parameter count to the budget; its multipliers take
 gradient-ascent steps (a max-min problem). At the end the gates turn deterministic, are projected onto one
 count per layer (stock configs cannot load per-layer widths), the kept gates' soft values are folded into the
-consumer columns (the attention and FFN output projections), and the model is sliced. The hidden width is not gated (§4).
+consumer columns (the attention and FFN output projections), and the model is sliced. The hidden width is not
+gated (§4).
 """
 
 from __future__ import annotations

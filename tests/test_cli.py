@@ -22,7 +22,7 @@ def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
         "model",
         tiny_dirs["llama"],
         "--budget",
-        "0.67",
+        "layers=0.67",
         "--data",
         DATA / "tinystories_dev.txt",
         "--steps",
@@ -338,3 +338,15 @@ def test_a_parameter_budget_from_the_command_line_prunes_with_a_recipe_and_repor
     markdown = (out / "REPORT.md").read_text()
     assert "## Pruning" in markdown and (out / "plots" / "prune_importance.png").exists()
     assert AutoModelForCausalLM.from_pretrained(out / "student").num_parameters() == report["student"]["params"]
+
+
+def test_a_bare_budget_is_a_parameter_share_and_prunes_by_default(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["llama"], "--budget", "0.6", "--steps", "2", "--data", DATA / "tinystories_dev.txt"]
+    code, _, err = run(capsys, *args, "--out", out, "--quiet", "--no-bench")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["passes"]] == ["prune", "distill", "export"]
+    assert report["student"]["params"] <= 0.6 * report["teacher"]["params"]
+    markdown = (out / "REPORT.md").read_text()
+    assert "of the teacher's parameters are embeddings" in markdown and "Shape chosen among candidates" in markdown

@@ -3,7 +3,8 @@
 Loss (ALGORITHMS §7.1 on class logits, §7.9 on hidden states, TinyBERT / DistilBERT practice):
     α·τ²·KL(p_T^τ ‖ q_S^τ) + (1 − α)·CE(z_S, y) + w_h · mean over mapped layers of MSE(h_S,i, h_T,j)
 where y is the gold label when the data has one, else the teacher's prediction, and the layer map is
-j = round((i+1)·L_T/L_S) − 1 (§7.9; widths are equal after layer dropping, so the projection is the identity).
+j = round((i+1)·L_T/L_S) − 1 (§7.9; widths are equal after layer dropping, so the projection is the identity; a
+student whose hidden width was pruned matches the token relations of each mapped layer instead, §7.10).
 Quality is agreement with the teacher's predictions and, on labelled data, accuracy.
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from compressor.errors import UserError
-from compressor.kd.losses import forward_kl, hidden_mse
+from compressor.kd.losses import forward_kl, hidden_mse, token_relation_loss
 
 NO_LABEL = -1
 
@@ -65,8 +66,12 @@ def mapped_hidden_loss(
     pairs: Sequence[tuple[int, int]],
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Mean MSE between student layer i's output and teacher layer j's (hidden_states[0] is the embeddings)."""
-    losses = [hidden_mse(student_states[i + 1], teacher_states[j + 1], mask.bool()) for i, j in pairs]
+    """Mean MSE between student layer i's output and teacher layer j's (hidden_states[0] is the embeddings); the
+    token-relation loss when the widths differ (no common space to compare in)."""
+    if student_states[0].shape[-1] != teacher_states[0].shape[-1]:
+        losses = [token_relation_loss(student_states[i + 1], teacher_states[j + 1], mask) for i, j in pairs]
+    else:
+        losses = [hidden_mse(student_states[i + 1], teacher_states[j + 1], mask.bool()) for i, j in pairs]
     return torch.stack(losses).mean()
 
 

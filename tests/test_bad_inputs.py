@@ -585,7 +585,11 @@ def test_malformed_sts_file(capsys, out, tmp_path):
     assert_bad_input(code, err, "sts.csv:1", "column")
 
 
-@pytest.mark.parametrize("budget,fragment", [("0", "(0, 1]"), ("0.1", "fewer than one"), ("1.5", "(0, 1]")])
+@pytest.mark.parametrize(
+    "budget,fragment",
+    [("0", "(0, 1]"), ("layers=0.1", "fewer than one"), ("layers=1.5", "(0, 1]"), ("1.5", "a count is a whole number"),
+     ("0.01", "no uniform shape"), ("flops=0.01", "no uniform shape"), ("params=1G", "more than the teacher's")],
+)  # fmt: skip
 def test_impossible_budget(capsys, out, tiny_dirs, budget, fragment):
     code, _, err = run(capsys, "model", tiny_dirs["llama"], "--budget", budget, "--out", out)
     assert_bad_input(code, err, fragment)

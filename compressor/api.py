@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.budget import KINDS, Budget, parse_budget
+from compressor.budget import KINDS, Budget, parse_budget, size_kind
 from compressor.data import BUILTIN, load_corpus, read_sts
 from compressor.device import resolve_device
 from compressor.errors import GateError, UserError
@@ -118,8 +118,7 @@ def resolve_recipe(request: ModelRequest) -> Recipe:
     if request.device:
         raw["device"] = request.device
     if not raw.get("passes"):
-        size = raw.get("budget") or {}
-        raw["passes"] = default_passes(raw.get("teacher"), next((k for k in KINDS if size.get(k) is not None), None))
+        raw["passes"] = default_passes(raw.get("teacher"), size_kind(raw.get("budget") or {}))
     if request.train_tokens is not None:
         raw["budget"] = {**(raw.get("budget") or {}), "train_tokens": parse_tokens(request.train_tokens)}
     if request.time_budget is not None:

@@ -4,6 +4,7 @@ recipe, the command line and the passes (DESIGN §6)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -13,6 +14,14 @@ from compressor.kd.budget import parse_duration, parse_tokens
 
 if TYPE_CHECKING:
     from compressor.ir import ModelIR
+
+
+KINDS = ("params", "flops", "layers")  # what a student's size can be measured in
+
+
+def size_kind(values: Mapping) -> str | None:
+    """The size kind a budget mapping names (the first of KINDS given), or None when it names none."""
+    return next((k for k in KINDS if values.get(k) is not None), None)
 
 
 class Budget(BaseModel):
@@ -58,7 +67,7 @@ class Budget(BaseModel):
 
     @model_validator(mode="after")
     def one_kind(self) -> Budget:
-        if sum(v is not None for v in (self.layers, self.params, self.flops)) > 1:
+        if sum(getattr(self, k) is not None for k in KINDS) > 1:
             raise ValueError("give either layers or params or flops, not more than one")
         return self
 
@@ -71,12 +80,12 @@ class Budget(BaseModel):
     @property
     def sized(self) -> bool:
         """Whether a student size was asked for."""
-        return self.layers is not None or self.params is not None or self.flops is not None
+        return self.kind is not None
 
     @property
     def kind(self) -> str | None:
         """What the size is measured in: "layers", "params", "flops", or None when no size was asked for."""
-        return next((k for k in ("layers", "params", "flops") if getattr(self, k) is not None), None)
+        return size_kind({k: getattr(self, k) for k in KINDS})
 
 
 def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
@@ -115,7 +124,6 @@ def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
 
 
 BUDGET_FORMS = "a parameter share such as 0.5, or params=0.5, params=60M, flops=0.5 or layers=0.5"
-KINDS = ("params", "flops", "layers")
 
 
 def parse_budget(text: str, what: str = "--budget") -> dict[str, float]:

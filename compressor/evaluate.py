@@ -78,13 +78,6 @@ def embedding_agreement(student, teacher, tokenizer, texts: Sequence[str], max_l
     return "similarity_correlation", similarity_correlation(s, t)
 
 
-def embedding_cosine(student, teacher, tokenizer, texts: Sequence[str], max_len: int = 128) -> float:
-    """Mean cosine similarity of the student's sentence embeddings to the teacher's."""
-    s = sentence_embeddings(student, tokenizer, texts, max_len)
-    t = sentence_embeddings(teacher, tokenizer, texts, max_len)
-    return float(F.cosine_similarity(s, t, dim=-1).mean())
-
-
 def rank(values: torch.Tensor) -> torch.Tensor:
     """Ranks 1..n with ties given their average rank."""
     values = values.double()

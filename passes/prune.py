@@ -129,7 +129,7 @@ class Prune(Pass):
                 raise UserError(f"{self.where}.method: joint needs a parameter budget (--budget params=0.5)")
 
         if cfg.method == "oneshot" and not self.explicit() and budget.kind in ("params", "flops"):
-            budget_shape_check(ir, budget)
+            budget_target(ir, budget)
 
     def explicit(self) -> bool:
         cfg: PruneConfig = self.config
@@ -248,7 +248,8 @@ class Prune(Pass):
         budget = ctx.budget
         if budget.kind == "layers":
             return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
-        candidates, cost = budget_candidates(ir, budget)
+        cost, target = budget_target(ir, budget)
+        candidates = candidate_shapes(ir, target, cost)  # not empty: the smallest shape fits
         flops = cost if cost.measure == "flops" else ShapeCost(ir, "flops")
         params = cost if cost.measure == "params" else ShapeCost(ir, "params")
         held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
@@ -265,20 +266,10 @@ class Prune(Pass):
         return best, candidates[best], scored
 
 
-def budget_shape_check(ir: ModelIR, budget: Budget) -> None:
-    """Refuse, before any work, a params or FLOPs budget that not even the smallest candidate shape meets."""
-    totals = ir.summary()["totals"]
-    if budget.kind == "flops":
-        cost, target = ShapeCost(ir, "flops"), budget.flops * totals["flops_per_token"]
-    else:
-        cost, target = ShapeCost(ir), budget.params_share(totals["params"]) * totals["params"]
-    if target > totals["params"] and cost.measure == "params" or smallest_cost(ir, cost) > target:
-        budget_candidates(ir, budget)  # raises with the full explanation
-
-
-def budget_candidates(ir: ModelIR, budget: Budget) -> tuple[dict[str, Shape], ShapeCost]:
-    """The candidate shapes meeting a params or FLOPs budget (none asked: the teacher's own shape), and the cost
-    they were fitted by; a budget no uniform shape meets is a UserError naming the smallest possible."""
+def budget_target(ir: ModelIR, budget: Budget) -> tuple[ShapeCost, int]:
+    """The cost a params or FLOPs budget is measured by and its target; a budget not even the smallest candidate
+    shape meets (or a count above the teacher's) is a UserError naming the smallest possible. Cheap: it builds
+    only the smallest shapes, so `check` can call it before any work."""
     totals = ir.summary()["totals"]
     if budget.kind == "flops":
         cost, whole, asked = ShapeCost(ir, "flops"), totals["flops_per_token"], f"flops={budget.flops:g}"
@@ -289,15 +280,14 @@ def budget_candidates(ir: ModelIR, budget: Budget) -> tuple[dict[str, Shape], Sh
     if target > whole:
         raise UserError(f"budget {asked}: more than the teacher's {whole:,} parameters")
     smallest = smallest_cost(ir, cost)
-    candidates = candidate_shapes(ir, target, cost) if smallest <= target else {}
-    if not candidates:
+    if smallest > target:
         unit = "parameters" if cost.measure == "params" else "FLOPs per token"
         raise UserError(
             f"budget {asked}: no uniform shape of this {ir.config.model_type} fits {target:,} {unit} (the teacher "
             f"has {whole:,}, of which {embedding_params(ir):,} parameters are embeddings; the smallest shape has "
             f"{smallest:,}, a share of {smallest / whole:.3f})"
         )
-    return candidates, cost
+    return cost, target
 
 
 def smallest_cost(ir: ModelIR, cost: ShapeCost) -> int:

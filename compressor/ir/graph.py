@@ -25,7 +25,7 @@ from compressor.ir.dataflow import Group, build_graph, derive_groups
 from compressor.ir.families import adapter_for, adapter_named
 from compressor.ir.families.base import LAYER_PATTERN, Block, Edit, FamilyAdapter
 from compressor.ir.loading import align_names, parameter_names, read_config
-from compressor.ir.slicing import slice_groups, slice_kinds
+from compressor.ir.slicing import kept_count, slice_groups, slice_kinds
 from compressor.ir.weights import WeightStore, checkpoint_files
 
 LINEAGE_FILE = "compressor.json"
@@ -193,7 +193,7 @@ class ModelIR:
         record = {
             "op": "slice_group",
             "kind": kind,
-            "kept": len(keep) if not isinstance(keep, Mapping) else len(next(iter(keep.values()))),
+            "kept": kept_count(keep),
         }
         return self.apply(edit, record)
 
@@ -202,8 +202,7 @@ class ModelIR:
         to cut widths a family ties together (BERT's heads and hidden), and the same as one cut after another
         for every other family."""
         edit = slice_kinds(self.adapter, self.config, self.weights, self.groups, cuts)
-        kept = {k: len(v) if not isinstance(v, Mapping) else len(next(iter(v.values()))) for k, v in cuts.items()}
-        return self.apply(edit, {"op": "slice_groups", "kept": kept})
+        return self.apply(edit, {"op": "slice_groups", "kept": {k: kept_count(v) for k, v in cuts.items()}})
 
     def moe_layer(self, layer: int) -> dict:
         """Layer `layer`'s router, stacked experts and shared expert by role (the MoE adapter's `moe_layer`)."""

@@ -45,6 +45,11 @@ def per_layer(keep: Mapping[int, Sequence[int]] | Sequence[int], n_layers: int, 
     return table
 
 
+def kept_count(keep: Mapping[int, Sequence[int]] | Sequence[int]) -> int:
+    """How many units a keep-set keeps (per layer, for a per-layer table)."""
+    return len(next(iter(keep.values()), [])) if isinstance(keep, Mapping) else len(keep)
+
+
 def check_indices(indices: Sequence[int], size: int, what: str) -> None:
     if len(set(indices)) != len(indices) or any(not 0 <= i < size for i in indices):
         raise UserError(f"slice_group: {what} indices must be distinct and within 0..{size - 1}")
@@ -101,8 +106,7 @@ def slice_kinds(
     kinds = list(cuts)
     if not kinds:
         raise UserError("slice_groups: give at least one kind to cut")
-    counts = {k: len(v) if not isinstance(v, Mapping) else len(next(iter(v.values()), [])) for k, v in cuts.items()}
-    adapter.check_cuts(config, counts)
+    adapter.check_cuts(config, {kind: kept_count(keep) for kind, keep in cuts.items()})
     updates: dict[str, torch.Tensor] = {}
     renames: dict[str, str] = {}
     drops: list[str] = []

@@ -227,7 +227,10 @@ class FamilyAdapter(ABC):
         if kind not in self.sliceable_for(config):
             reason = f"supported kinds are {', '.join(self.sliceable_for(config))}"
             if kind in tied:
-                reason = f"{' and '.join(tied)} are cut only together (ModelIR.slice_groups)"
+                reason = (
+                    f"stock {config.model_type} ties the attention width to hidden_size (heads × head size), so cut "
+                    "heads and hidden together (ModelIR.slice_groups, hidden = heads × head size)"
+                )
             raise self.unsupported(kind, reason)
 
     def check_cuts(self, config, counts: Mapping[str, int]) -> None:

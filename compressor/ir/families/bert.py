@@ -120,15 +120,6 @@ class BertAdapter(FamilyAdapter):
             )
         return blocks
 
-    def check_slice(self, config, kind: str, keep: Mapping[int, Sequence[int]], together: Sequence[str] = ()) -> None:
-        if kind in ("hidden", "heads") and not {"hidden", "heads"} <= set(together):
-            raise self.unsupported(
-                kind,
-                "stock BertModel ties the attention width to hidden_size (heads × head size), so cut heads and "
-                "hidden together (ModelIR.slice_groups, hidden = heads × head size)",
-            )
-        super().check_slice(config, kind, keep, together)
-
     def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
         new = copy.deepcopy(config)
         count = len(next(iter(keep.values())))

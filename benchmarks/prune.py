@@ -9,7 +9,8 @@ FLOPs/token and ONNX CPU latency of every pruned model. Prints one JSON object.
         --extra-train ../shared/data/tinyshakespeare.txt --steps 60 --batch-size 8 --recover ours_best,tp_best,depth
 
 Budgets are stated in tokens. DPHuBERT's gate-learning steps are distillation too, so its recovery gets the
-rest of the same token budget. Torch-Pruning needs `pip install torch-pruning` (benchmark only).
+rest of the same token budget; so are the steps the kd shape ranking gave the chosen shape (the other candidates'
+steps are search cost, reported beside it). Torch-Pruning needs `pip install torch-pruning` (benchmark only).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ OURS = {
     "ours_taylor": {"importance": "taylor"},
     "ours_pca": {"importance": "activation", "hidden_method": "pca"},
     "ours_joint": {"method": "joint"},
+    "ours_iterative": {"importance": "activation", "schedule": "iterative"},
 }
+TRAINED_WHILE_PRUNING = ("ours_joint", "ours_iterative")  # left out of the "right after pruning" comparison
 TP = ("tp_magnitude", "tp_taylor")
 
 
@@ -52,6 +55,9 @@ def context(teacher: ModelIR, corpus, scratch: Path, budget: Budget, seed: int, 
 
 
 def prune_ours(teacher: ModelIR, corpus, scratch: Path, share: float, name: str, args) -> tuple[ModelIR, dict]:
+    """Our pass at `share` of the parameters. When the kd ranking chose the shape, the shipped student has
+    trained for its ranking steps; the one-shot pruned model of the same shape (no training) is returned too, in
+    `info["untrained"]`, so "right after pruning" means the same for every method."""
     ctx = context(teacher, corpus, scratch, Budget(params=share), 0, name)
     settings = dict(OURS[name], joint_steps=args.joint_steps, joint_batch_size=args.batch_size, seq_len=args.seq_len)
     student = Prune(PruneConfig(**settings)).run(teacher, ctx)
@@ -59,6 +65,16 @@ def prune_ours(teacher: ModelIR, corpus, scratch: Path, share: float, name: str,
     info = {"shape": metrics["shape_after"], "chosen": metrics["chosen"]}
     if "joint" in metrics:
         info["joint"] = metrics["joint"]
+    if "rounds" in metrics:
+        info["rounds"] = metrics["rounds"]
+    if metrics.get("ranking"):
+        info["ranking"] = metrics["ranking"]
+        info["candidates"] = metrics["candidates"]
+    if metrics.get("ranking", {}).get("by") == "kd" and "rounds" not in metrics:
+        axes = {k: v for k, v in metrics["shape_after"].items() if k != "kv_heads"}
+        given = dict(OURS[name], seq_len=args.seq_len, **axes)
+        info["untrained"] = Prune(PruneConfig(**given)).run(teacher, context(teacher, corpus, scratch, Budget(), 0,
+                                                                             f"{name}-given"))  # fmt: skip
     return student, info
 
 
@@ -214,19 +230,21 @@ def main() -> int:
                     out = scratch / f"{name}-{sparsity}"
                     student, info = prune_tp(args.teacher, target, name.split("_")[1], calibration, out)
                 summary = student.summary()["totals"]
+                untrained = info.pop("untrained", None)
                 row = {
                     "params": summary["params"], "flops_per_token": summary["flops_per_token"],
-                    "ppl_pruned": round(perplexity(student.materialize(), held), 4),
+                    "ppl_pruned": round(perplexity((untrained or student).materialize(), held), 4),
                     "prune_seconds": round(time.perf_counter() - start, 1), **info,
                 }  # fmt: skip
+                if untrained is not None:
+                    row["ppl_after_ranking"] = round(perplexity(student.materialize(), held), 4)
                 if args.latency:
                     row["onnx_cpu"] = onnx_latency(student, scratch / f"onnx-{name}-{sparsity}")
                 runs[name], students[name] = row, student
                 print(f"{sparsity} {name}: {row}", file=sys.stderr, flush=True)
             recover_names = chosen_for_recovery(args.recover, runs)
             for name in recover_names:
-                joint_tokens = runs[name].get("joint", {}).get("tokens", 0)
-                steps = max(1, args.steps - round(joint_tokens / (args.batch_size * args.seq_len)))
+                steps = max(1, args.steps - round(trained_tokens(runs[name]) / (args.batch_size * args.seq_len)))
                 ppls = []
                 for seed in seeds:
                     ctx, trained = recover(teacher, students[name], corpus, scratch, steps, seed, name, args)
@@ -242,6 +260,17 @@ def main() -> int:
     return 0
 
 
+def trained_tokens(run: dict) -> int:
+    """Distillation tokens the pruned model has already trained on (DPHuBERT's gate learning, or the short
+    distillation the kd ranking gave the chosen shape): they count against the recovery budget. The ranking's
+    other candidates are search cost, reported as `ranking.tokens`, not training of the shipped weights."""
+    if "rounds" in run:  # the iterative schedule starts again from the teacher: its rounds are its training
+        return sum(r["tokens"] for r in run["rounds"])
+    ranking = run.get("ranking", {})
+    kd = ranking.get("tokens_per_candidate", 0) if ranking.get("by") == "kd" else 0
+    return run.get("joint", {}).get("tokens", 0) + kd
+
+
 def chosen_for_recovery(spec: str, runs: dict) -> list[str]:
     if spec == "none":
         return []
@@ -251,7 +280,7 @@ def chosen_for_recovery(spec: str, runs: dict) -> list[str]:
     for name in spec.split(","):
         if name in ("ours_best", "tp_best"):
             prefix = "ours_" if name == "ours_best" else "tp_"
-            pool = [n for n in runs if n.startswith(prefix)]
+            pool = [n for n in runs if n.startswith(prefix) and n not in TRAINED_WHILE_PRUNING]
             name = min(pool, key=lambda n: runs[n]["ppl_pruned"]) if pool else None
         if name and name in runs and name not in names:
             names.append(name)
@@ -262,7 +291,8 @@ def verdict(runs: dict) -> dict:
     """Best of ours vs best of Torch-Pruning, right after pruning and after recovery; width vs depth-only."""
 
     def best(prefix: str, key: str):
-        pool = {n: r[key] for n, r in runs.items() if n.startswith(prefix) and key in r}
+        trained = TRAINED_WHILE_PRUNING if key == "ppl_pruned" else ()
+        pool = {n: r[key] for n, r in runs.items() if n.startswith(prefix) and key in r and n not in trained}
         return min(pool.items(), key=lambda kv: kv[1]) if pool else (None, math.inf)
 
     out = {}

@@ -6,8 +6,9 @@ query heads inside every kv group (GQA), FFN units, hidden channels with one ind
 writer — and slice. Students stay uniform: the same count in every layer.
 
 The shape comes from the config (`layers`, `heads`, `ffn`, `hidden`), or, under a parameter budget, from scoring
-candidate shapes (`passes.prune_shapes`): each is pruned one-shot and scored by its KL to the teacher on the
-validation share; the lowest wins (Minitron's practice of preferring width, then depth, decided by measurement).
+candidate shapes (`passes.prune_shapes`): each is pruned one-shot, distilled for a few steps (`passes.prune_proxy`,
+causal LMs, when affordable) and scored by its KL to the teacher on the validation share; the lowest wins
+(Minitron's practice of preferring width, then depth, decided by measurement after a short retraining).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from compressor.kd.losses import lm_cross_entropy
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
 from passes.prune_joint import JointSettings, joint_prune
+from passes.prune_proxy import ProxySettings, short_kd
 from passes.prune_report import plot_importance, prune_lines
 from passes.prune_shapes import (
     CANDIDATE_AXES,
     Shape,
     ShapeCost,
     candidate_shapes,
+    cut_name,
     scaled,
     shape_of,
     tied_head_size,
@@ -55,6 +58,13 @@ class PruneConfig(PassConfig):
         description="oneshot: score once and slice (Minitron); joint: learn hard-concrete gates while distilling "
         "(DPHuBERT, causal LMs, heads and FFN)",
     )
+    schedule: Literal["oneshot", "iterative"] = Field(
+        default="oneshot",
+        description="oneshot: score once on the teacher and cut (Minitron); iterative: reach the shape in `rounds` "
+        "steps, each a cut, a short distillation and fresh importance scores (causal LMs)",
+    )
+    rounds: int = Field(default=3, ge=2, description="iterative: cuts from the teacher's shape to the student's")
+    round_steps: int = Field(default=60, ge=1, description="iterative: distillation steps after every cut")
     hidden_method: Literal["select", "pca"] = Field(
         default="select", description="cut the hidden stream by channel selection, or by PCA projection (§3b)"
     )
@@ -69,6 +79,17 @@ class PruneConfig(PassConfig):
     calibration_batch_size: int = Field(default=8, ge=1)
     seq_len: int = Field(default=128, ge=8)
     score_blocks: int = Field(default=16, ge=1, description="validation blocks that score each candidate shape")
+    shape_score: Literal["auto", "oneshot", "kd"] = Field(
+        default="auto",
+        description="rank candidate shapes by their KL to the teacher right after one-shot pruning (oneshot), or "
+        "after a short distillation of each (kd, causal LMs; Minitron); auto: kd when its projected time fits "
+        "score_seconds, else oneshot",
+    )
+    score_steps: int = Field(default=60, ge=1, description="kd ranking: distillation steps per candidate")
+    score_batch_size: int = Field(default=8, ge=1)
+    score_seconds: float = Field(
+        default=300.0, gt=0, description="auto: the longest the kd ranking of all candidates may take"
+    )
     joint_steps: int = Field(default=300, ge=1, description="joint: gate-learning distillation steps")
     joint_batch_size: int = Field(default=8, ge=1)
     joint_lr: float = Field(default=2e-4, gt=0, description="joint: the weights' learning rate (§4)")
@@ -114,6 +135,10 @@ class Prune(Pass):
             )
         if ir.adapter.tied_cuts(ir.config) and cfg.hidden and cfg.hidden % head_size:
             raise UserError(f"{self.where}.hidden: {cfg.hidden} is not a multiple of the head size {head_size}")
+        if cfg.schedule == "iterative" and (ir.task != "causal-lm" or cfg.method == "joint"):
+            raise UserError(f"{self.where}.schedule: iterative distils logits between cuts (one-shot causal LMs only)")
+        if cfg.shape_score == "kd" and ir.task != "causal-lm":
+            raise UserError(f"{self.where}.shape_score: kd distils logits (causal LMs only); use oneshot or auto")
         if cfg.importance == "taylor" and ir.task != "causal-lm":
             raise UserError(f"{self.where}.importance: taylor needs a language-model loss (causal LMs only)")
         if cfg.hidden_method == "pca" and not ir.adapter.rotation_invariant:
@@ -147,21 +172,27 @@ class Prune(Pass):
         scores = self.importance(ir, model, batches)
         if cfg.hidden_method == "pca":
             scores["covariance"] = stream_covariance(model, batches)
+        ranking: dict = {}
         if self.explicit():
-            shape, chosen, scored = self.given_shape(ir), "given", {}
+            shape, chosen, scored, student = self.given_shape(ir), "given", {}, None
         else:
-            chosen, shape, scored = self.search(ir, model, ctx, scores)
-        student = prune_to(ir, shape, scores, cfg.hidden_method)
+            chosen, shape, scored, student, ranking = self.search(ir, model, ctx, scores)
+        if cfg.schedule == "iterative":
+            student, ctx.metrics["rounds"] = self.iterate(ir, model, ctx, batches, shape)
+        else:
+            student = student or prune_to(ir, shape, scores, cfg.hidden_method)
         before, after = ir.summary()["totals"]["params"], student.summary()["totals"]["params"]
         ctx.metrics.update(
             {
                 "method": "oneshot",
+                "schedule": cfg.schedule,
                 "hidden_method": cfg.hidden_method,
                 "importance": cfg.importance,
                 "shape_before": teacher.as_dict(),
                 "shape_after": shape.as_dict(),
                 "chosen": chosen,
                 "candidates": scored,
+                "ranking": ranking,
                 "params_before": before,
                 "params_after": after,
                 "embedding_params": embedding_params(ir),
@@ -172,6 +203,40 @@ class Prune(Pass):
         plot_importance(tensors, ctx.artifacts / "plots" / "prune_importance.png")
         ctx.metrics["plot"] = "plots/prune_importance.png"
         return student
+
+    def iterate(self, ir: ModelIR, model, ctx: PassContext, batches: list[dict], shape: Shape) -> tuple:
+        """The iterative schedule: `rounds` cuts on the way from the teacher's shape to `shape` (counts
+        interpolated linearly), each followed by `round_steps` of distillation from the unpruned `model`, and
+        every cut scored afresh on the model it cuts. Returns the student and one report row per round."""
+        cfg: PruneConfig = self.config
+        corpus = ctx.require_corpus(self.name)
+        settings = ProxySettings(steps=cfg.round_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
+                           name=corpus.name)  # fmt: skip
+        held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
+        current, current_model, rows = ir, model, []
+        for round_ in range(1, cfg.rounds + 1):
+            scores = self.importance(current, current_model, batches)
+            if cfg.hidden_method == "pca":
+                scores["covariance"] = stream_covariance(current_model, batches)
+            step = between(shape_of(ir), shape, round_ / cfg.rounds, tied_head_size(ir))
+            current = prune_to(current, step, scores, cfg.hidden_method)
+            current_model = current.materialize(ctx.device)
+            cut = loss_to_teacher(model, current_model, held, ctx, cfg.seq_len)
+            run = short_kd(model, current_model, blocks, settings, ctx.device)
+            current = current.absorb(current_model)
+            rows.append({
+                "round": round_, "shape": step.as_dict(), "params": current.summary()["totals"]["params"],
+                "loss_after_cut": round(cut, 5),
+                "loss_after_kd": round(loss_to_teacher(model, current_model, held, ctx, cfg.seq_len), 5),
+                "tokens": run["tokens"],
+            })  # fmt: skip
+            if ctx.show_progress:
+                row = rows[-1]
+                line = f"{row['loss_after_cut']:.4f} after the cut, {row['loss_after_kd']:.4f} after {settings.steps}"
+                print(f"prune: round {round_}/{cfg.rounds} ({cut_name(shape_of(ir), step)}) KL {line} steps",
+                      file=sys.stderr, flush=True)  # fmt: skip
+        return current, rows
 
     def run_joint(self, ir: ModelIR, model, ctx: PassContext) -> ModelIR:
         """DPHuBERT (`passes.prune_joint`): gates learnt while distilling from the unpruned `model`."""
@@ -241,29 +306,92 @@ class Prune(Pass):
             scores["hidden"] = rate(ir.groups["hidden"].members, teacher.hidden)
         return scores
 
-    def search(self, ir: ModelIR, model, ctx: PassContext, scores: dict) -> tuple[str, Shape, dict]:
-        """The candidate shape under the budget with the lowest KL to the unpruned `model` right after one-shot
-        pruning."""
+    def search(self, ir: ModelIR, model, ctx: PassContext, scores: dict) -> tuple:
+        """The candidate shape under the budget with the lowest KL to the unpruned `model`: right after one-shot
+        pruning, or after a short distillation of every candidate (`passes.prune_proxy`). Returns the chosen name,
+        its shape, the scored candidates, the chosen student when the ranking trained it (else None: prune it
+        afresh), and how the ranking was made."""
         cfg: PruneConfig = self.config
         budget = ctx.budget
         if budget.kind == "layers":
-            return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}
+            return "layers", replace(shape_of(ir), layers=layers_for_budget(ir, budget)), {}, None, {}
         cost, target = budget_target(ir, budget)
         candidates = candidate_shapes(ir, target, cost)  # not empty: the smallest shape fits
         flops = cost if cost.measure == "flops" else ShapeCost(ir, "flops")
         params = cost if cost.measure == "params" else ShapeCost(ir, "params")
         held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
-        scored = {}
+        students, scored = {}, {}
         for name, shape in candidates.items():
-            student = prune_to(ir, shape, scores, cfg.hidden_method).materialize(ctx.device)
+            students[name] = prune_to(ir, shape, scores, cfg.hidden_method)
             scored[name] = {
                 "shape": shape.as_dict(),
                 "params": params(shape),
                 "flops_per_token": flops(shape),
-                "loss_to_teacher": round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5),
+                "loss_to_teacher": round(
+                    loss_to_teacher(model, students[name].materialize(ctx.device), held, ctx, cfg.seq_len), 5
+                ),
             }
-        best = min(scored, key=lambda n: scored[n]["loss_to_teacher"])
-        return best, candidates[best], scored
+        ranking = self.kd_ranking(ir, model, ctx, students, scored, held) if len(candidates) > 1 else {}
+        key = "loss_after_kd" if ranking.get("by") == "kd" else "loss_to_teacher"
+        best = min(scored, key=lambda n: scored[n][key])
+        trained = ranking.pop("trained", None)  # (name, student) of the lowest KL after the kd ranking
+        return best, candidates[best], scored, trained[1] if trained and trained[0] == best else None, ranking
+
+    def kd_ranking(self, ir: ModelIR, model, ctx: PassContext, students: dict, scored: dict, held) -> dict:
+        """Distil every candidate for `score_steps` on the same training blocks and add its KL afterwards to
+        `scored` (`shape_score: kd`, or `auto` when the time a probe projects fits `score_seconds`). Returns how
+        the candidates were ranked, and the best trained student (kept: its steps count as training)."""
+        cfg: PruneConfig = self.config
+        if cfg.shape_score == "oneshot":
+            return {"by": "oneshot", "why": "shape_score: oneshot"}
+        if ir.task != "causal-lm":
+            return {"by": "oneshot", "why": "the kd ranking distils logits (causal LMs only)"}
+        corpus = ctx.require_corpus(self.name)
+        settings = ProxySettings(steps=cfg.score_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
+                           name=corpus.name)  # fmt: skip
+        probe = short_kd(model, next(iter(students.values())).materialize(ctx.device), blocks,
+                         replace(settings, steps=3), ctx.device)  # fmt: skip
+        projected = probe["seconds_per_step"] * settings.steps * len(students)
+        if cfg.shape_score == "auto" and projected > cfg.score_seconds:
+            return {
+                "by": "oneshot",
+                "why": f"the kd ranking would take about {projected:,.0f} s (> score_seconds {cfg.score_seconds:g})",
+            }
+        trained, tokens = None, 0
+        for name, student_ir in students.items():
+            student = student_ir.materialize(ctx.device)
+            run = short_kd(model, student, blocks, settings, ctx.device)
+            scored[name]["loss_after_kd"] = round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5)
+            if trained is None or scored[name]["loss_after_kd"] < scored[trained[0]]["loss_after_kd"]:
+                trained = (name, student_ir.absorb(student))
+            tokens += run["tokens"]
+            if ctx.show_progress:
+                row = scored[name]
+                line = f"{row['loss_to_teacher']:.4f} one-shot, {row['loss_after_kd']:.4f} after {settings.steps} steps"
+                print(f"prune: {name} KL {line}", file=sys.stderr, flush=True)
+        return {
+            "by": "kd",
+            "steps": settings.steps,
+            "tokens_per_candidate": settings.steps * settings.batch_size * cfg.seq_len,
+            "tokens": tokens,
+            "trained": trained,
+        }
+
+
+def between(teacher: Shape, final: Shape, share: float, tied_head_size: int | None = None) -> Shape:
+    """The shape `share` of the way from `teacher` to `final`, every count interpolated linearly and rounded
+    (query heads by their count inside each kv group; a family whose attention width is its hidden size keeps
+    hidden = heads × head size). share 0 is the teacher, 1 is `final`."""
+
+    def lerp(a: int, b: int) -> int:
+        return round(a + (b - a) * share)
+
+    kv = lerp(teacher.kv_heads, final.kv_heads)
+    inside = lerp(teacher.heads // teacher.kv_heads, final.heads // final.kv_heads)
+    heads = inside * kv
+    hidden = heads * tied_head_size if tied_head_size else lerp(teacher.hidden, final.hidden)
+    return Shape(lerp(teacher.layers, final.layers), heads, kv, lerp(teacher.ffn, final.ffn), hidden)
 
 
 def budget_target(ir: ModelIR, budget: Budget) -> tuple[ShapeCost, int]:

@@ -20,7 +20,7 @@ import torch
 from compressor.errors import UserError
 from compressor.gates import HardConcrete, lagrangian, target_at
 from compressor.ir import ModelIR
-from compressor.kd.divergences import forward_kl
+from passes.prune_proxy import batch_kl, cycled_batch
 from passes.prune_shapes import Shape, ShapeCost, shape_of
 
 
@@ -207,13 +207,8 @@ def joint_prune(ir: ModelIR, teacher, blocks: torch.Tensor, target_params: int, 
     history = []
     try:
         for step in range(settings.steps):
-            start = (step * settings.batch_size) % max(len(blocks) - settings.batch_size + 1, 1)
-            ids = blocks[order[start : start + settings.batch_size]].to(device)
-            with torch.no_grad(), autocast:
-                log_p = torch.log_softmax(teacher(input_ids=ids).logits.float(), -1)
-            with autocast:
-                log_q = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
-            distill = forward_kl(log_q, log_p).mean()
+            ids = cycled_batch(blocks, order, step, settings.batch_size).to(device)
+            distill = batch_kl(teacher, model, ids, autocast)
             sparsity = size.sparsity(gated)
             goal = target_at(step + 1, target, ramp)
             loss = distill + lagrangian(sparsity, goal, lambdas[0], lambdas[1])

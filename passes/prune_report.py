@@ -52,25 +52,64 @@ def prune_lines(report: dict, metrics: dict) -> list[str]:
     ]
     for axis, name in AXIS_NAMES.items():
         lines.append(f"| {name} | {before[axis]} | {after[axis]} | {after[axis] / before[axis]:.3f} |")
+    if metrics.get("rounds"):
+        lines += ["", *rounds_table(metrics["rounds"])]
     if metrics.get("candidates"):
-        lines += [
-            "",
-            f"Shape chosen among candidates (one-shot pruned, scored by their loss to the teacher on the validation "
-            f"share, lower is better): **{metrics['chosen']}**.",
-            "",
-            "| candidate | layers | heads | FFN | hidden | params | loss to teacher |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for name, row in metrics["candidates"].items():
-            s = row["shape"]
-            mark = " **(chosen)**" if name == metrics["chosen"] else ""
-            lines.append(
-                f"| {name}{mark} | {s['layers']} | {s['heads']} | {s['ffn']} | {s['hidden']} | {row['params']:,} "
-                f"| {row['loss_to_teacher']} |"
-            )
+        lines += ["", *candidate_table(metrics)]
     if metrics.get("plot"):
         lines += ["", f"![importance]({metrics['plot']})"]
     return lines + [""]
+
+
+def rounds_table(rounds: list[dict]) -> list[str]:
+    """The iterative schedule, a row per cut: the shape it reached and the KL to the teacher after the cut and
+    after the distillation that followed it."""
+    tokens = sum(r["tokens"] for r in rounds)
+    lines = [
+        f"Iterative schedule: {len(rounds)} cuts, each followed by a short distillation ({tokens:,} tokens in all) "
+        "and fresh importance scores on the model the next cut cuts.",
+        "",
+        "| round | layers | heads | FFN | hidden | params | KL after the cut | KL after KD |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        s = r["shape"]
+        lines.append(
+            f"| {r['round']} | {s['layers']} | {s['heads']} | {s['ffn']} | {s['hidden']} | {r['params']:,} "
+            f"| {r['loss_after_cut']} | {r['loss_after_kd']} |"
+        )
+    return lines
+
+
+def candidate_table(metrics: dict) -> list[str]:
+    """The scored candidate shapes and how they were ranked: right after one-shot pruning, or after a short
+    distillation of each (the column the choice used is said in words)."""
+    ranking = metrics.get("ranking") or {}
+    by_kd = ranking.get("by") == "kd"
+    if by_kd:
+        rule = (
+            f"each one-shot pruned, then distilled for {ranking['steps']} steps ({ranking['tokens_per_candidate']:,} "
+            f"tokens each, {ranking['tokens']:,} in all; the chosen one keeps its training), scored by its KL to the "
+            "teacher on the validation share afterwards"
+        )
+    else:
+        why = f" ({ranking['why']})" if ranking.get("why") else ""
+        rule = f"one-shot pruned, scored by their KL to the teacher on the validation share{why}"
+    lines = [
+        f"Shape chosen among candidates ({rule}; lower is better): **{metrics['chosen']}**.",
+        "",
+        "| candidate | layers | heads | FFN | hidden | params | KL one-shot |" + (" KL after KD |" if by_kd else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if by_kd else ""),
+    ]
+    for name, row in metrics["candidates"].items():
+        s = row["shape"]
+        mark = " **(chosen)**" if name == metrics["chosen"] else ""
+        after = f" {row['loss_after_kd']} |" if by_kd else ""
+        lines.append(
+            f"| {name}{mark} | {s['layers']} | {s['heads']} | {s['ffn']} | {s['hidden']} | {row['params']:,} "
+            f"| {row['loss_to_teacher']} |{after}"
+        )
+    return lines
 
 
 def plot_importance(scores: dict, out_file: Path) -> None:

@@ -7,7 +7,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from compressor.budget import Budget
 from compressor.errors import UserError
 from compressor.ir import ModelIR
-from passes.prune import Prune, PruneConfig, gqa_heads, top
+from passes.prune import Prune, PruneConfig, between, gqa_heads, top
 from passes.prune_report import prune_lines
 from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
 from tests.helpers import DECODERS, STORIES, make_tiny_classifier, minilm_dir, outputs, pass_context, sample_inputs
@@ -63,12 +63,41 @@ def test_gqa_keeps_every_kv_group_and_the_same_count_inside_each():
 
 def test_a_parameter_budget_is_met_by_the_best_scored_candidate(tmp_path):
     ir = ModelIR.load(STORIES)
-    student, metrics = prune(ir, tmp_path, Budget(params=0.65), calibration_batches=2, score_blocks=4)
+    config = dict(calibration_batches=2, score_blocks=4, shape_score="oneshot")
+    student, metrics = prune(ir, tmp_path, Budget(params=0.65), **config)
     assert metrics["params_after"] <= 0.65 * metrics["params_before"]
     scored = metrics["candidates"]
     assert {"ffn", "depth"} <= set(scored) and metrics["chosen"] in scored
     assert scored[metrics["chosen"]]["loss_to_teacher"] == min(c["loss_to_teacher"] for c in scored.values())
+    assert metrics["ranking"]["by"] == "oneshot"
     assert (tmp_path / "artifacts" / "plots" / "prune_importance.png").exists()
+
+
+def test_the_kd_ranking_distils_every_candidate_and_keeps_the_winner_trained(tmp_path):
+    ir = ModelIR.load(STORIES)
+    config = dict(calibration_batches=2, score_blocks=4, shape_score="kd", score_steps=12, score_batch_size=4)
+    student, metrics = prune(ir, tmp_path, Budget(params=0.6), **config)
+    scored, ranking = metrics["candidates"], metrics["ranking"]
+    assert ranking["by"] == "kd" and ranking["tokens"] == len(scored) * 12 * 4 * 128
+    for name, row in scored.items():  # distillation from the teacher lowers the KL to it
+        assert row["loss_after_kd"] < row["loss_to_teacher"], name
+    chosen = metrics["chosen"]
+    assert scored[chosen]["loss_after_kd"] == min(c["loss_after_kd"] for c in scored.values())
+    fresh, _ = prune(ir, tmp_path / "fresh", calibration_batches=2, **{k: v for k, v in metrics["shape_after"].items()
+                                                                         if k != "kv_heads"})  # fmt: skip
+    changed = [n for n, w in student.weights.items() if not torch.equal(w, fresh.weights[n])]
+    assert changed  # the winner ships with the steps it was ranked by
+    text = "\n".join(prune_lines({}, metrics))
+    assert "distilled for 12 steps" in text and "KL after KD" in text
+
+
+def test_auto_ranks_one_shot_when_the_kd_ranking_would_take_too_long(tmp_path):
+    ir = ModelIR.load(STORIES)
+    config = dict(calibration_batches=2, score_blocks=2, score_seconds=1e-6)
+    _, metrics = prune(ir, tmp_path, Budget(params=0.6), **config)
+    assert metrics["ranking"]["by"] == "oneshot" and "score_seconds" in metrics["ranking"]["why"]
+    assert all("loss_after_kd" not in row for row in metrics["candidates"].values())
+    assert "score_seconds" in "\n".join(prune_lines({}, metrics))
 
 
 def test_candidates_fit_the_budget_and_use_it(tiny_dirs):
@@ -94,6 +123,10 @@ def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
         Prune(PruneConfig()).check(ir, Budget(params=0.01))
     with pytest.raises(UserError, match="more than the teacher's"):
         Prune(PruneConfig()).check(ir, Budget(params=10**9))
+    with pytest.raises(UserError, match="schedule: iterative distils logits"):
+        Prune(PruneConfig(schedule="iterative", ffn=16)).check(bert, Budget())
+    with pytest.raises(UserError, match="shape_score: kd distils logits"):
+        Prune(PruneConfig(shape_score="kd")).check(bert, Budget(params=0.5))
     with pytest.raises(UserError, match="run moe_to_dense first"):
         Prune(PruneConfig()).check(ModelIR.load(tiny_dirs["mixtral"]), Budget())
 
@@ -153,8 +186,36 @@ def test_minilm_at_half_the_parameters_really_halves_them_by_cutting_the_hidden(
 
 def test_a_flops_budget_is_met_by_flops_not_by_parameters(tmp_path):
     ir = ModelIR.load(STORIES)
-    student, metrics = prune(ir, tmp_path, Budget(flops=0.6), calibration_batches=2, score_blocks=2)
+    student, metrics = prune(ir, tmp_path, Budget(flops=0.6), calibration_batches=2, score_blocks=2,
+                             shape_score="oneshot")  # fmt: skip
     whole = ir.summary()["totals"]["flops_per_token"]
     assert student.summary()["totals"]["flops_per_token"] <= 0.6 * whole
     for candidate in metrics["candidates"].values():
         assert candidate["flops_per_token"] <= 0.6 * whole
+
+
+def test_between_starts_at_the_teacher_and_ends_at_the_student():
+    teacher, final = Shape(6, 8, 2, 96, 64), Shape(3, 4, 2, 40, 32)
+    assert between(teacher, final, 0.0) == teacher and between(teacher, final, 1.0) == final
+    steps = [between(teacher, final, r / 4) for r in range(5)]
+    for earlier, later in zip(steps, steps[1:], strict=False):  # every count shrinks monotonically
+        assert all(getattr(later, a) <= getattr(earlier, a) for a in ("layers", "heads", "kv_heads", "ffn", "hidden"))
+    assert all(s.heads % s.kv_heads == 0 for s in steps)  # GQA: the same query count in every kv group
+    tied = between(Shape(2, 4, 4, 64, 32), Shape(2, 2, 2, 64, 16), 0.5, tied_head_size=8)
+    assert tied.hidden == tied.heads * 8
+
+
+def test_the_iterative_schedule_reaches_the_shape_in_rounds_and_reloads(tmp_path):
+    ir = ModelIR.load(STORIES)
+    config = dict(calibration_batches=2, score_blocks=2, schedule="iterative", rounds=3, round_steps=4,
+                  score_batch_size=2, layers=4, ffn=96)  # fmt: skip
+    student, metrics = prune(ir, tmp_path, **config)
+    rounds = metrics["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert rounds[-1]["shape"] == metrics["shape_after"] and student.num_layers == 4
+    assert [r["params"] for r in rounds] == sorted((r["params"] for r in rounds), reverse=True)
+    assert all(r["loss_after_kd"] < r["loss_after_cut"] for r in rounds)  # each cut is partly recovered
+    assert student.summary()["totals"]["params"] == sum(p.numel() for p in student.materialize().parameters())
+    saved = student.save(tmp_path / "saved")
+    assert ModelIR.load(saved).summary()["totals"]["params"] == metrics["params_after"]
+    assert "Iterative schedule: 3 cuts" in "\n".join(prune_lines({}, metrics))

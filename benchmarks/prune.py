@@ -193,6 +193,8 @@ def main() -> int:
     parser.add_argument("--heldout-blocks", type=int, default=200)
     parser.add_argument("--latency", action="store_true", help="also export each pruned model and time it in ORT")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the JSON here, after every measured row (a long run "
+                        "killed midway keeps what it measured)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher = ModelIR.load(args.teacher)
@@ -241,6 +243,8 @@ def main() -> int:
                 if args.latency:
                     row["onnx_cpu"] = onnx_latency(student, scratch / f"onnx-{name}-{sparsity}")
                 runs[name], students[name] = row, student
+                result["runs"][f"{sparsity:g}"] = {"target_params": target, "methods": runs}
+                save(result, args.out)
                 print(f"{sparsity} {name}: {row}", file=sys.stderr, flush=True)
             recover_names = chosen_for_recovery(args.recover, runs)
             for name in recover_names:
@@ -254,10 +258,20 @@ def main() -> int:
                 runs[name]["ppl_recovered_mean"] = round(statistics.mean(ppls), 4)
                 if len(ppls) > 1:
                     runs[name]["ppl_recovered_spread"] = round(max(ppls) - min(ppls), 4)
+                save(result, args.out)
                 print(f"{sparsity} {name} recovered: {ppls}", file=sys.stderr, flush=True)
             result["runs"][f"{sparsity:g}"] = {"target_params": target, "methods": runs, **verdict(runs)}
+            save(result, args.out)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def save(result: dict, out: Path | None) -> None:
+    """The results so far, written atomically (a temporary file renamed over the last version)."""
+    if out is not None:
+        partial = out.with_name(f".{out.name}.partial")
+        partial.write_text(json.dumps(result, indent=2))
+        partial.replace(out)
 
 
 def trained_tokens(run: dict) -> int:

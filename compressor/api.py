@@ -151,6 +151,8 @@ def compress_model(request: ModelRequest) -> dict:
         budget = budget.model_copy(update={"layers": target.default_budget})
     for step in passes:
         step.check(teacher, budget)  # an impossible budget or config fails here, before any work
+        if step.changes_family:
+            break  # the passes after it see another model (MoE → dense) and check themselves when they run
     device = resolve_device(recipe.device)
     tokenizer = load_tokenizer(teacher.tokenizer_dir)
     corpus = load_corpus(recipe.data.train or BUILTIN, recipe.data.eval, text_column=recipe.data.text_column)

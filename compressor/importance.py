@@ -186,3 +186,53 @@ def stream_covariance(model, batches: Iterable[dict[str, torch.Tensor]]) -> torc
     finally:
         model.train(was_training)
     return total
+
+
+@torch.no_grad()
+def expert_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """[L, E]: each expert's routed contribution I_e = (1/N) Σ_t g_{t,e} ‖E_e(x_t)‖₂ over the N calibration tokens
+    of every MoE layer, g the model's own top-k routing weights (0 where the token does not reach e): the router's
+    load on the expert times the norm of what it adds to the stream (ALGORITHMS §8, MoE experts, weighted by the
+    router). An expert the router never picks, or one whose output is zero, scores 0. Padding tokens are left out."""
+    from compressor.ir.families import adapter_of_model
+    from compressor.moe.routing import moe_blocks, routing_weights
+
+    adapter = adapter_of_model(model)
+    blocks = moe_blocks(model)
+    inputs: list[list[torch.Tensor]] = [[] for _ in blocks]
+    mask_now: list[torch.Tensor | None] = [None]
+
+    def on_input(index: int):
+        def record(module, args):
+            x = args[0].reshape(-1, args[0].shape[-1])
+            if mask_now[0] is not None:
+                x = x[mask_now[0].reshape(-1).bool()]
+            inputs[index].append(x)
+
+        return record
+
+    handles = [block.register_forward_pre_hook(on_input(i)) for i, block in enumerate(blocks)]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            mask_now[0] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    rows = []
+    for index, block in enumerate(blocks):
+        x = torch.cat(inputs[index])
+        top_k, normalize = adapter.routing(block)
+        weights = routing_weights(adapter.router(block)(x), top_k, normalize, "topk")
+        experts = adapter.experts(block)
+        scores = torch.zeros(len(experts))
+        for e, expert in enumerate(experts):
+            routed = weights[:, e] > 0
+            if routed.any():
+                norms = expert(x[routed]).float().norm(dim=-1)
+                scores[e] = (weights[routed, e] * norms).sum() / len(x)
+        rows.append(scores)
+    return torch.stack(rows)

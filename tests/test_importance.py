@@ -1,14 +1,17 @@
+import pytest
 import torch
 
 from compressor.importance import (
     activation_importance,
     block_influence,
+    expert_importance,
     layer_block_influence,
     magnitude_importance,
     minitron_batch_term,
     taylor_importance,
 )
 from compressor.ir import ModelIR
+from tests.helpers import MOES, expert_down
 
 
 def test_block_influence_is_zero_for_identity_and_ignores_scale():
@@ -110,3 +113,16 @@ def test_taylor_is_the_first_order_loss_change_and_zero_for_a_zero_unit(tiny_dir
     for n, t in zeroed.items():
         (t[:, 3] if "down_proj" in n else t[3]).zero_()
     assert taylor_importance(zeroed, grads, group.members, 64)[3] == 0
+
+
+@pytest.mark.parametrize("model_type", MOES)
+def test_expert_importance_is_zero_for_a_silent_expert_and_scales_with_its_output(tiny_dirs, model_type):
+    ir = ModelIR.load(tiny_dirs[model_type])  # 4 experts, top-2, in every layer
+    down = expert_down(ir, 0, 1)
+    base = expert_importance(ir.materialize(), calibration())
+    assert base.shape == (ir.num_layers, 4) and bool((base > 0).all())
+    silent = expert_importance(ir.set_weights({down: torch.zeros_like(ir.weights[down])}).materialize(), calibration())
+    assert silent[0, 1] == 0 and int(silent[0].argmin()) == 1
+    louder = expert_importance(ir.set_weights({down: 3 * ir.weights[down]}).materialize(), calibration())
+    assert torch.allclose(louder[0, 1], 3 * base[0, 1], rtol=1e-4)  # routing is the router's: only the norm grows
+    assert torch.allclose(louder[0, [0, 2, 3]], base[0, [0, 2, 3]], rtol=1e-5)

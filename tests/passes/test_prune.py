@@ -10,7 +10,17 @@ from compressor.ir import ModelIR
 from passes.prune import Prune, PruneConfig, between, gqa_heads, top
 from passes.prune_report import prune_lines
 from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
-from tests.helpers import DECODERS, STORIES, make_tiny_classifier, minilm_dir, outputs, pass_context, sample_inputs
+from tests.helpers import (
+    DECODERS,
+    MOES,
+    STORIES,
+    expert_down,
+    make_tiny_classifier,
+    minilm_dir,
+    outputs,
+    pass_context,
+    sample_inputs,
+)
 
 
 def prune(ir, tmp_path, budget=None, **config):
@@ -127,8 +137,17 @@ def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
         Prune(PruneConfig(schedule="iterative", ffn=16)).check(bert, Budget())
     with pytest.raises(UserError, match="shape_score: kd distils logits"):
         Prune(PruneConfig(shape_score="kd")).check(bert, Budget(params=0.5))
-    with pytest.raises(UserError, match="run moe_to_dense first"):
-        Prune(PruneConfig()).check(ModelIR.load(tiny_dirs["mixtral"]), Budget())
+    moe = ModelIR.load(tiny_dirs["mixtral"])  # 4 experts, top-2
+    with pytest.raises(UserError, match="give prune.experts"):
+        Prune(PruneConfig()).check(moe, Budget())
+    with pytest.raises(UserError, match="cuts whole experts only"):
+        Prune(PruneConfig(ffn=16)).check(moe, Budget())
+    with pytest.raises(UserError, match="keep between the router's top-k \\(2\\) and the 4 experts"):
+        Prune(PruneConfig(experts=1)).check(moe, Budget())
+    with pytest.raises(UserError, match="top-k \\(2\\) experts in every layer leaves"):
+        Prune(PruneConfig()).check(moe, Budget(params=0.05))
+    with pytest.raises(UserError, match="experts are cut in MoE models"):
+        Prune(PruneConfig(experts=2)).check(ir, Budget())
 
 
 def test_pca_hidden_method_projects_the_stream_and_reports_it(tiny_dirs, tmp_path):
@@ -219,3 +238,30 @@ def test_the_iterative_schedule_reaches_the_shape_in_rounds_and_reloads(tmp_path
     saved = student.save(tmp_path / "saved")
     assert ModelIR.load(saved).summary()["totals"]["params"] == metrics["params_after"]
     assert "Iterative schedule: 3 cuts" in "\n".join(prune_lines({}, metrics))
+
+
+@pytest.mark.parametrize("model_type", MOES)
+def test_expert_pruning_keeps_an_moe_of_each_layers_best_experts_that_reloads(tiny_dirs, tmp_path, model_type):
+    ir = ModelIR.load(tiny_dirs[model_type])
+    down = expert_down(ir, 0, 2)
+    silent = ir.set_weights({down: torch.zeros_like(ir.weights[down])})
+    student, metrics = prune(silent, tmp_path, experts=3, calibration_batches=2, calibration_batch_size=2, seq_len=16)
+    assert student.adapter.is_moe and student.adapter.expert_count(student.config) == 3
+    assert metrics["kept_experts"][0] == [0, 1, 3]  # layer 0's silent expert goes first
+    model = student.materialize()
+    params = sum(p.numel() for p in model.parameters())
+    assert student.summary()["totals"]["params"] == params == metrics["params_after"]
+    saved = student.save(tmp_path / "saved")
+    inputs = sample_inputs(model_type)
+    assert torch.allclose(outputs(AutoModelForCausalLM.from_pretrained(saved).eval(), inputs), outputs(model, inputs),
+                          atol=1e-6)  # fmt: skip
+    assert "Expert pruning" in "\n".join(prune_lines({}, metrics))
+
+
+def test_a_params_budget_on_an_moe_keeps_the_most_experts_that_fit(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["mixtral"])
+    whole = ir.summary()["totals"]["params"]
+    three = ir.slice_group("experts", [0, 1, 2]).summary()["totals"]["params"]
+    student, metrics = prune(ir, tmp_path, Budget(params=(three + 1) / whole), calibration_batches=2,
+                             calibration_batch_size=2, seq_len=16)  # fmt: skip
+    assert metrics["experts_after"] == 3 and metrics["params_after"] == three

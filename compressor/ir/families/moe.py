@@ -59,6 +59,10 @@ class MoEAdapter(LlamaAdapter):
     def expert_count(self, config) -> int:
         return int(getattr(config, self.expert_count_key(config)))
 
+    def top_k(self, config) -> int:
+        """Experts each token is routed to."""
+        return int(config.num_experts_per_tok)
+
     def ffn_width_key(self, config) -> str:
         return "intermediate_size" if config.model_type == "mixtral" else "moe_intermediate_size"
 
@@ -110,7 +114,7 @@ class MoEAdapter(LlamaAdapter):
         experts = sorted({int(m["expert"]) for n in names if (m := EXPERT_PATTERN.search(n))})
         if not experts:
             return super().ffn_block(config, layer, names, shapes)
-        top_k = int(config.num_experts_per_tok)
+        top_k = self.top_k(config)
         expert_flops = sum(matmul_flops(shapes[n]) for n in names if EXPERT_PATTERN.search(n))
         other_flops = sum(matmul_flops(shapes[n]) for n in names if not EXPERT_PATTERN.search(n))
         attrs = (
@@ -158,9 +162,9 @@ class MoEAdapter(LlamaAdapter):
         if kind == "ffn" and getattr(config, "mlp_only_layers", None):
             raise self.unsupported(kind, "the teacher mixes dense and MoE layers (mlp_only_layers)")
         kept = len(next(iter(keep.values())))
-        if kind == "experts" and kept < config.num_experts_per_tok:
+        if kind == "experts" and kept < self.top_k(config):
             raise UserError(
-                f"slice_group('experts'): keeping {kept} experts is fewer than top-k ({config.num_experts_per_tok})"
+                f"slice_group('experts'): keeping {kept} experts is fewer than top-k ({self.top_k(config)})"
             )
 
     def sliced_config(self, config, kind: str, keep: Mapping[int, Sequence[int]]):
@@ -197,7 +201,7 @@ class MoEAdapter(LlamaAdapter):
             "router": weights[f"{block}.gate.weight"],
             **experts,
             "shared": shared,
-            "top_k": int(config.num_experts_per_tok),
+            "top_k": self.top_k(config),
             "normalize_top_k": bool(getattr(config, "norm_topk_prob", True)),
         }
 

@@ -78,6 +78,21 @@ def head_scores(channel_scores: torch.Tensor, head_dim: int) -> torch.Tensor:
     return channel_scores.reshape(*channel_scores.shape[:-1], -1, head_dim).norm(dim=-1)
 
 
+def run_with_hooks(model, batches: Iterable[dict[str, torch.Tensor]], handles: list, mask_now: list) -> None:
+    """Forward every calibration batch in eval mode, each batch's attention mask visible to the hooks through
+    `mask_now[0]`; then remove the hooks and restore the model's training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            mask_now[0] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def activation_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Minitron's activation scores from forward hooks on calibration batches (fp32 accumulation):
@@ -111,16 +126,7 @@ def activation_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> 
             pass
         for j, norm in enumerate(adapter.hidden_norms(layer)):
             handles.append(norm.register_forward_hook(on_output(("hidden", i, j))))
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            mask_now[0] = batch.get("attention_mask")
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_with_hooks(model, batches, handles, mask_now)
     scores = {
         "heads": head_scores(torch.stack([sums[("heads", i)] for i in range(len(layers))]).sqrt(), head_dim),
         "hidden": sum(v.sqrt() for k, v in sums.items() if k[0] == "hidden"),
@@ -212,16 +218,7 @@ def expert_importance(model, batches: Iterable[dict[str, torch.Tensor]]) -> torc
         return record
 
     handles = [block.register_forward_pre_hook(on_input(i)) for i, block in enumerate(blocks)]
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            mask_now[0] = batch.get("attention_mask")
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    run_with_hooks(model, batches, handles, mask_now)
     rows = []
     for index, block in enumerate(blocks):
         x = torch.cat(inputs[index])

@@ -3,6 +3,6 @@
 from passes.base import REGISTRY, Pass, PassContext, get_pass
 
 # Importing the modules registers the passes.
-from passes import distill, export, inherit, lora_kd, moe_to_dense, prune  # noqa: E402,F401  isort: skip
+from passes import distill, export, inherit, lora_kd, moe_to_dense, prune, search  # noqa: E402,F401  isort: skip
 
 __all__ = ["REGISTRY", "Pass", "PassContext", "get_pass"]

@@ -23,30 +23,26 @@ from pydantic import Field
 from compressor.budget import Budget, layers_for_budget
 from compressor.data import lm_blocks
 from compressor.errors import UserError
-from compressor.evaluate import embedding_agreement
 from compressor.importance import (
     activation_importance,
-    expert_importance,
     layer_block_influence,
     magnitude_importance,
     stream_covariance,
     taylor_importance,
 )
 from compressor.ir import ModelIR
-from compressor.ir.rotation import rotate_hidden
-from compressor.kd.divergences import forward_kl
-from compressor.kd.losses import lm_cross_entropy
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
+from passes.prune_cut import embedding_params, kept_layers, lm_gradients, loss_to_teacher, prune_to, validation_blocks
+from passes.prune_experts import check_experts, run_experts
 from passes.prune_joint import JointSettings, joint_prune
-from passes.prune_proxy import ProxySettings, short_kd
+from passes.prune_proxy import iterate, kd_ranking
 from passes.prune_report import plot_importance, prune_lines
 from passes.prune_shapes import (
     CANDIDATE_AXES,
     Shape,
     ShapeCost,
     candidate_shapes,
-    cut_name,
     scaled,
     shape_of,
     tied_head_size,
@@ -116,7 +112,7 @@ class Prune(Pass):
     def check(self, ir: ModelIR, budget: Budget) -> None:
         cfg: PruneConfig = self.config
         if ir.adapter.is_moe:
-            self.check_experts(ir, budget)
+            check_experts(self.where, cfg, self.explicit(), ir, budget)
             return
         if cfg.experts is not None:
             raise UserError(f"{self.where}.experts: {ir.config.model_type} is dense; experts are cut in MoE models")
@@ -163,61 +159,6 @@ class Prune(Pass):
         if cfg.method == "oneshot" and not self.explicit() and budget.kind in ("params", "flops"):
             budget_target(ir, budget)
 
-    def check_experts(self, ir: ModelIR, budget: Budget) -> None:
-        """On a mixture of experts, prune cuts whole experts (the same count in every layer), nothing else."""
-        cfg: PruneConfig = self.config
-        name = ir.config.model_type
-        defaults = PruneConfig()
-        changed = [k for k in ("method", "schedule", "hidden_method") if getattr(cfg, k) != getattr(defaults, k)]
-        if self.explicit() or changed:
-            raise UserError(
-                f"{self.where}: on a mixture of experts ({name}) prune cuts whole experts only (prune.experts); "
-                "run moe_to_dense first for a dense student"
-            )
-        if cfg.experts is None and budget.kind != "params":
-            raise UserError(
-                f"{self.where}: {name} is a mixture of experts; give prune.experts (experts kept per layer) or a "
-                "params budget, or run moe_to_dense first for a dense student"
-            )
-        total, top_k = ir.adapter.expert_count(ir.config), ir.adapter.top_k(ir.config)
-        if cfg.experts is not None and not top_k <= cfg.experts <= total:
-            raise UserError(
-                f"{self.where}.experts: {cfg.experts} asked; keep between the router's top-k ({top_k}) and the "
-                f"{total} experts each layer has"
-            )
-        if cfg.experts is None:
-            experts_for_budget(ir, budget)
-
-    def run_experts(self, ir: ModelIR, model, ctx: PassContext, batches: list[dict]) -> ModelIR:
-        """Whole experts cut by router load × output norm (`importance.expert_importance`), the same count in
-        every layer, each layer keeping its own best; routers lose the cut experts' rows."""
-        cfg: PruneConfig = self.config
-        scores = expert_importance(model, batches)
-        count = cfg.experts or experts_for_budget(ir, ctx.budget)
-        keep = {layer: top(scores[layer], count) for layer in range(ir.num_layers)}
-        student = ir.slice_group("experts", keep) if count != scores.shape[1] else ir
-        kept_share = [round(float(scores[i, k].sum() / scores[i].sum().clamp_min(1e-30)), 4) for i, k in keep.items()]
-        ctx.metrics.update(
-            {
-                "method": "experts",
-                "importance": "router load × output norm",
-                "experts_before": int(scores.shape[1]),
-                "experts_after": count,
-                "kept_experts": [keep[i] for i in range(ir.num_layers)],
-                "kept_importance_share": kept_share,
-                "shape_before": shape_of(ir).as_dict(),
-                "shape_after": shape_of(student).as_dict(),
-                "chosen": "experts",
-                "candidates": {},
-                "params_before": ir.summary()["totals"]["params"],
-                "params_after": student.summary()["totals"]["params"],
-                "embedding_params": embedding_params(ir),
-            }
-        )
-        plot_importance({"experts": scores.tolist()}, ctx.artifacts / "plots" / "prune_importance.png")
-        ctx.metrics["plot"] = "plots/prune_importance.png"
-        return student
-
     def explicit(self) -> bool:
         cfg: PruneConfig = self.config
         return any(getattr(cfg, a) is not None for a in ("layers", "heads", "ffn", "hidden"))
@@ -230,7 +171,7 @@ class Prune(Pass):
                                            cfg.seq_len))  # fmt: skip
         model = ir.materialize(ctx.device)  # the unpruned model: scored once, and the reference for candidates
         if ir.adapter.is_moe:
-            return self.run_experts(ir, model, ctx, batches)
+            return run_experts(cfg, ir, model, ctx, batches)
         if cfg.method == "joint":
             return self.run_joint(ir, model, ctx)
         scores = self.importance(ir, model, batches)
@@ -242,7 +183,7 @@ class Prune(Pass):
         else:
             chosen, shape, scored, student, ranking = self.search(ir, model, ctx, scores)
         if cfg.schedule == "iterative":
-            student, ctx.metrics["rounds"] = self.iterate(ir, model, ctx, batches, shape)
+            student, ctx.metrics["rounds"] = iterate(cfg, self.importance, ir, model, ctx, batches, shape)
         else:
             student = student or prune_to(ir, shape, scores, cfg.hidden_method)
         before, after = ir.summary()["totals"]["params"], student.summary()["totals"]["params"]
@@ -267,40 +208,6 @@ class Prune(Pass):
         plot_importance(tensors, ctx.artifacts / "plots" / "prune_importance.png")
         ctx.metrics["plot"] = "plots/prune_importance.png"
         return student
-
-    def iterate(self, ir: ModelIR, model, ctx: PassContext, batches: list[dict], shape: Shape) -> tuple:
-        """The iterative schedule: `rounds` cuts on the way from the teacher's shape to `shape` (counts
-        interpolated linearly), each followed by `round_steps` of distillation from the unpruned `model`, and
-        every cut scored afresh on the model it cuts. Returns the student and one report row per round."""
-        cfg: PruneConfig = self.config
-        corpus = ctx.require_corpus(self.name)
-        settings = ProxySettings(steps=cfg.round_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
-                           name=corpus.name)  # fmt: skip
-        held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
-        current, current_model, rows = ir, model, []
-        for round_ in range(1, cfg.rounds + 1):
-            scores = self.importance(current, current_model, batches)
-            if cfg.hidden_method == "pca":
-                scores["covariance"] = stream_covariance(current_model, batches)
-            step = between(shape_of(ir), shape, round_ / cfg.rounds, tied_head_size(ir))
-            current = prune_to(current, step, scores, cfg.hidden_method)
-            current_model = current.materialize(ctx.device)
-            cut = loss_to_teacher(model, current_model, held, ctx, cfg.seq_len)
-            run = short_kd(model, current_model, blocks, settings, ctx.device)
-            current = current.absorb(current_model)
-            rows.append({
-                "round": round_, "shape": step.as_dict(), "params": current.summary()["totals"]["params"],
-                "loss_after_cut": round(cut, 5),
-                "loss_after_kd": round(loss_to_teacher(model, current_model, held, ctx, cfg.seq_len), 5),
-                "tokens": run["tokens"],
-            })  # fmt: skip
-            if ctx.show_progress:
-                row = rows[-1]
-                line = f"{row['loss_after_cut']:.4f} after the cut, {row['loss_after_kd']:.4f} after {settings.steps}"
-                print(f"prune: round {round_}/{cfg.rounds} ({cut_name(shape_of(ir), step)}) KL {line} steps",
-                      file=sys.stderr, flush=True)  # fmt: skip
-        return current, rows
 
     def run_joint(self, ir: ModelIR, model, ctx: PassContext) -> ModelIR:
         """DPHuBERT (`passes.prune_joint`): gates learnt while distilling from the unpruned `model`."""
@@ -395,85 +302,11 @@ class Prune(Pass):
                     loss_to_teacher(model, students[name].materialize(ctx.device), held, ctx, cfg.seq_len), 5
                 ),
             }
-        ranking = self.kd_ranking(ir, model, ctx, students, scored, held) if len(candidates) > 1 else {}
+        ranking = kd_ranking(cfg, ir, model, ctx, students, scored, held) if len(candidates) > 1 else {}
         key = "loss_after_kd" if ranking.get("by") == "kd" else "loss_to_teacher"
         best = min(scored, key=lambda n: scored[n][key])
         trained = ranking.pop("trained", None)  # (name, student) of the lowest KL after the kd ranking
         return best, candidates[best], scored, trained[1] if trained and trained[0] == best else None, ranking
-
-    def kd_ranking(self, ir: ModelIR, model, ctx: PassContext, students: dict, scored: dict, held) -> dict:
-        """Distil every candidate for `score_steps` on the same training blocks and add its KL afterwards to
-        `scored` (`shape_score: kd`, or `auto` when the time a probe projects fits `score_seconds`). Returns how
-        the candidates were ranked, and the best trained student (kept: its steps count as training)."""
-        cfg: PruneConfig = self.config
-        if cfg.shape_score == "oneshot":
-            return {"by": "oneshot", "why": "shape_score: oneshot"}
-        if ir.task != "causal-lm":
-            return {"by": "oneshot", "why": "the kd ranking distils logits (causal LMs only)"}
-        corpus = ctx.require_corpus(self.name)
-        settings = ProxySettings(steps=cfg.score_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
-                           name=corpus.name)  # fmt: skip
-        probe = short_kd(model, next(iter(students.values())).materialize(ctx.device), blocks,
-                         replace(settings, steps=3), ctx.device)  # fmt: skip
-        projected = probe["seconds_per_step"] * settings.steps * len(students)
-        if cfg.shape_score == "auto" and projected > cfg.score_seconds:
-            return {
-                "by": "oneshot",
-                "why": f"the kd ranking would take about {projected:,.0f} s (> score_seconds {cfg.score_seconds:g})",
-            }
-        trained, tokens = None, 0
-        for name, student_ir in students.items():
-            student = student_ir.materialize(ctx.device)
-            run = short_kd(model, student, blocks, settings, ctx.device)
-            scored[name]["loss_after_kd"] = round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5)
-            if trained is None or scored[name]["loss_after_kd"] < scored[trained[0]]["loss_after_kd"]:
-                trained = (name, student_ir.absorb(student))
-            tokens += run["tokens"]
-            if ctx.show_progress:
-                row = scored[name]
-                line = f"{row['loss_to_teacher']:.4f} one-shot, {row['loss_after_kd']:.4f} after {settings.steps} steps"
-                print(f"prune: {name} KL {line}", file=sys.stderr, flush=True)
-        return {
-            "by": "kd",
-            "steps": settings.steps,
-            "tokens_per_candidate": settings.steps * settings.batch_size * cfg.seq_len,
-            "tokens": tokens,
-            "trained": trained,
-        }
-
-
-def between(teacher: Shape, final: Shape, share: float, tied_head_size: int | None = None) -> Shape:
-    """The shape `share` of the way from `teacher` to `final`, every count interpolated linearly and rounded
-    (query heads by their count inside each kv group; a family whose attention width is its hidden size keeps
-    hidden = heads × head size). share 0 is the teacher, 1 is `final`."""
-
-    def lerp(a: int, b: int) -> int:
-        return round(a + (b - a) * share)
-
-    kv = lerp(teacher.kv_heads, final.kv_heads)
-    inside = lerp(teacher.heads // teacher.kv_heads, final.heads // final.kv_heads)
-    heads = inside * kv
-    hidden = heads * tied_head_size if tied_head_size else lerp(teacher.hidden, final.hidden)
-    return Shape(lerp(teacher.layers, final.layers), heads, kv, lerp(teacher.ffn, final.ffn), hidden)
-
-
-def experts_for_budget(ir: ModelIR, budget: Budget) -> int:
-    """The most experts per layer whose MoE fits a params budget (parameters fall linearly with the count); a
-    budget not even the router's top-k experts meet is a UserError naming the smallest share."""
-    whole = ir.summary()["totals"]["params"]
-    target = int((budget.params_share(whole) or 1.0) * whole)
-    total, top_k = ir.adapter.expert_count(ir.config), ir.adapter.top_k(ir.config)
-    smallest = ir.slice_group("experts", list(range(top_k))).summary()["totals"]["params"] if top_k < total else whole
-    if smallest > target:
-        raise UserError(
-            f"budget params={budget.params:g}: keeping the router's top-k ({top_k}) experts in every layer leaves "
-            f"{smallest:,} of {whole:,} parameters (a share of {smallest / whole:.3f}); run moe_to_dense for less"
-        )
-    if total == top_k:
-        return total
-    per_expert = (whole - smallest) / (total - top_k)
-    return min(total, top_k + int((target - smallest) // per_expert))
 
 
 def budget_target(ir: ModelIR, budget: Budget) -> tuple[ShapeCost, int]:
@@ -512,92 +345,3 @@ def joint_progress(step: int, steps: int, distill: float, sparsity: float, targe
     if step == steps or step % max(1, steps // 10) == 0:
         print(f"prune joint: step {step}/{steps}  kl {distill:.4f}  sparsity {sparsity:.3f} -> {target:.3f}",
               file=sys.stderr, flush=True)  # fmt: skip
-
-
-def prune_to(ir: ModelIR, shape: Shape, scores: dict, hidden_method: str = "select") -> ModelIR:
-    """`ir` cut to `shape`, keeping the highest-scoring units of every axis (layers first, then widths); the hidden
-    stream by channel selection, or by projecting onto its principal directions (`scores["covariance"]`)."""
-    teacher = shape_of(ir)
-    layers = kept_layers(scores, shape.layers)
-    student = ir.drop_layers(layers) if shape.layers != teacher.layers else ir
-    cuts: dict = {}
-    if shape.heads != teacher.heads:
-        cuts["heads"] = {new: gqa_heads(scores["heads"][old], teacher, shape) for new, old in enumerate(layers)}
-    if shape.ffn != teacher.ffn:
-        cuts["ffn"] = {new: top(scores["ffn"][old], shape.ffn) for new, old in enumerate(layers)}
-    if shape.hidden != teacher.hidden and hidden_method != "pca":
-        cuts["hidden"] = top(scores["hidden"], shape.hidden)
-    if cuts:  # one edit: a family may tie widths (BERT's heads and hidden) that only a joint cut keeps stock
-        student = student.slice_groups(cuts)
-    if shape.hidden != teacher.hidden and hidden_method == "pca":
-        student, _ = rotate_hidden(student, scores["covariance"], shape.hidden)
-    return student
-
-
-def kept_layers(scores: dict[str, torch.Tensor], count: int) -> list[int]:
-    """The `count` layers of highest block influence, in model order."""
-    return top(scores["layers"], count)
-
-
-def top(scores: torch.Tensor, count: int) -> list[int]:
-    """The `count` highest-scoring units, in their original order (ties broken by index)."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    return sorted(order[:count])
-
-
-def gqa_heads(scores: torch.Tensor, teacher: Shape, shape: Shape) -> list[int]:
-    """Query heads to keep in one layer: the best `heads/kv` inside every kv group (GQA keeps the groups and the
-    same count in each); with one query head per group, the best kv groups whole."""
-    per_group = teacher.heads // teacher.kv_heads
-    if per_group == 1:
-        return top(scores, shape.heads)
-    inside = shape.heads // shape.kv_heads
-    kept = []
-    for group in range(teacher.kv_heads):
-        members = list(range(group * per_group, (group + 1) * per_group))
-        kept += [members[i] for i in top(scores[members], inside)]
-    return sorted(kept)
-
-
-def embedding_params(ir: ModelIR) -> int:
-    """Parameters in the embedding tables (what width pruning of the hidden stream reaches, depth does not)."""
-    rows = ir.summary()["blocks"]
-    return sum(r["params"] for r in rows if r["kind"] == "embed")
-
-
-def validation_blocks(ir: ModelIR, ctx: PassContext, name: str, seq_len: int, count: int) -> torch.Tensor | list:
-    """Held blocks from the validation share (never the reported held-out part) that score candidate shapes."""
-    corpus = ctx.require_corpus(name)
-    if ir.task == "causal-lm":
-        return lm_blocks(ctx.tokenizer, corpus.validation, seq_len, max_blocks=count, name=corpus.valid_name)
-    return list(corpus.validation)[: count * 8]
-
-
-@torch.no_grad()
-def loss_to_teacher(teacher, student, held, ctx: PassContext, seq_len: int) -> float:
-    """Mean KL(p_T ‖ q_S) of next-token distributions per token (LMs), or 1 − the embeddings' agreement with the
-    teacher's (encoders: mean cosine at equal width, else the correlation of pairwise similarities)."""
-    if not isinstance(held, torch.Tensor):
-        return 1.0 - embedding_agreement(student, teacher, ctx.tokenizer, held, seq_len)[1]
-    device = next(student.parameters()).device
-    total, count = 0.0, 0
-    for start in range(0, len(held), 8):
-        ids = held[start : start + 8].to(device)
-        log_p = torch.log_softmax(teacher(input_ids=ids).logits.float(), -1)
-        log_q = torch.log_softmax(student(input_ids=ids).logits.float(), -1)
-        total += float(forward_kl(log_q, log_p).sum())
-        count += ids.numel()
-    return total / max(count, 1)
-
-
-def lm_gradients(model, batches: list[dict]) -> dict[str, torch.Tensor]:
-    """∂CE/∂w of every parameter, summed over the calibration batches (first-order Taylor importance)."""
-    model.zero_grad(set_to_none=True)
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    for batch in batches:
-        ids = batch["input_ids"]
-        lm_cross_entropy(model(input_ids=ids).logits[:, :-1], ids[:, 1:]).backward()
-    grads = {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads

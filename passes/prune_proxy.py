@@ -11,13 +11,20 @@ every candidate distils for the same few steps, on the same blocks in the same o
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from compressor.data import lm_blocks
+from compressor.importance import stream_covariance
+from compressor.ir import ModelIR
 from compressor.kd.divergences import forward_kl
+from passes.base import PassContext
+from passes.prune_cut import between, loss_to_teacher, prune_to, validation_blocks
+from passes.prune_shapes import Shape, cut_name, shape_of, tied_head_size
 
 
 @dataclass(frozen=True)
@@ -78,3 +85,78 @@ def short_kd(teacher, student, blocks: torch.Tensor, settings: ProxySettings, de
         "seconds_per_step": seconds / max(steps, 1),
         "loss_end": sum(tail) / len(tail) if tail else float("nan"),
     }
+
+
+def kd_ranking(cfg, ir: ModelIR, model, ctx: PassContext, students: dict, scored: dict, held) -> dict:
+    """Distil every candidate for `score_steps` on the same training blocks and add its KL afterwards to
+    `scored` (`shape_score: kd`, or `auto` when the time a probe projects fits `score_seconds`). Returns how
+    the candidates were ranked, and the best trained student (kept: its steps count as training)."""
+    if cfg.shape_score == "oneshot":
+        return {"by": "oneshot", "why": "shape_score: oneshot"}
+    if ir.task != "causal-lm":
+        return {"by": "oneshot", "why": "the kd ranking distils logits (causal LMs only)"}
+    corpus = ctx.require_corpus("prune")
+    settings = ProxySettings(steps=cfg.score_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
+    blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
+                       name=corpus.name)  # fmt: skip
+    probe = short_kd(model, next(iter(students.values())).materialize(ctx.device), blocks,
+                     replace(settings, steps=3), ctx.device)  # fmt: skip
+    projected = probe["seconds_per_step"] * settings.steps * len(students)
+    if cfg.shape_score == "auto" and projected > cfg.score_seconds:
+        return {
+            "by": "oneshot",
+            "why": f"the kd ranking would take about {projected:,.0f} s (> score_seconds {cfg.score_seconds:g})",
+        }
+    trained, tokens = None, 0
+    for name, student_ir in students.items():
+        student = student_ir.materialize(ctx.device)
+        run = short_kd(model, student, blocks, settings, ctx.device)
+        scored[name]["loss_after_kd"] = round(loss_to_teacher(model, student, held, ctx, cfg.seq_len), 5)
+        if trained is None or scored[name]["loss_after_kd"] < scored[trained[0]]["loss_after_kd"]:
+            trained = (name, student_ir.absorb(student))
+        tokens += run["tokens"]
+        if ctx.show_progress:
+            row = scored[name]
+            line = f"{row['loss_to_teacher']:.4f} one-shot, {row['loss_after_kd']:.4f} after {settings.steps} steps"
+            print(f"prune: {name} KL {line}", file=sys.stderr, flush=True)
+    return {
+        "by": "kd",
+        "steps": settings.steps,
+        "tokens_per_candidate": settings.steps * settings.batch_size * cfg.seq_len,
+        "tokens": tokens,
+        "trained": trained,
+    }
+
+
+def iterate(cfg, importance, ir: ModelIR, model, ctx: PassContext, batches: list[dict], shape: Shape) -> tuple:
+    """The iterative schedule: `rounds` cuts on the way from the teacher's shape to `shape` (counts
+    interpolated linearly), each followed by `round_steps` of distillation from the unpruned `model`, and
+    every cut scored afresh on the model it cuts. Returns the student and one report row per round."""
+    corpus = ctx.require_corpus("prune")
+    settings = ProxySettings(steps=cfg.round_steps, batch_size=cfg.score_batch_size, seed=ctx.seed)
+    blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=settings.steps * settings.batch_size,
+                       name=corpus.name)  # fmt: skip
+    held = validation_blocks(ir, ctx, "prune", cfg.seq_len, cfg.score_blocks)
+    current, current_model, rows = ir, model, []
+    for round_ in range(1, cfg.rounds + 1):
+        scores = importance(current, current_model, batches)
+        if cfg.hidden_method == "pca":
+            scores["covariance"] = stream_covariance(current_model, batches)
+        step = between(shape_of(ir), shape, round_ / cfg.rounds, tied_head_size(ir))
+        current = prune_to(current, step, scores, cfg.hidden_method)
+        current_model = current.materialize(ctx.device)
+        cut = loss_to_teacher(model, current_model, held, ctx, cfg.seq_len)
+        run = short_kd(model, current_model, blocks, settings, ctx.device)
+        current = current.absorb(current_model)
+        rows.append({
+            "round": round_, "shape": step.as_dict(), "params": current.summary()["totals"]["params"],
+            "loss_after_cut": round(cut, 5),
+            "loss_after_kd": round(loss_to_teacher(model, current_model, held, ctx, cfg.seq_len), 5),
+            "tokens": run["tokens"],
+        })  # fmt: skip
+        if ctx.show_progress:
+            row = rows[-1]
+            line = f"{row['loss_after_cut']:.4f} after the cut, {row['loss_after_kd']:.4f} after {settings.steps}"
+            print(f"prune: round {round_}/{cfg.rounds} ({cut_name(shape_of(ir), step)}) KL {line} steps",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return current, rows

@@ -7,7 +7,8 @@ from transformers import AutoModel, AutoModelForCausalLM
 from compressor.budget import Budget
 from compressor.errors import UserError
 from compressor.ir import ModelIR
-from passes.prune import Prune, PruneConfig, between, gqa_heads, top
+from passes.prune import Prune, PruneConfig
+from passes.prune_cut import between, gqa_heads, top
 from passes.prune_report import prune_lines
 from passes.prune_shapes import Shape, candidate_shapes, params_of, shape_of
 from tests.helpers import (

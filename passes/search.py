@@ -1,0 +1,202 @@
+"""`search`: choose the student's uniform shape under a params or FLOPs budget, then realise it by `prune`'s
+importance-based inheritance (ALGORITHMS §1, §2, §3b).
+
+The space (`passes.search_space`) is every family-valid shape no larger than the teacher on any axis, using at
+least `min_budget_use` of the budget (a search under a budget should spend it). Each shape is scored by one of:
+
+- `inherited`: the shape realised from the teacher's weights (activation importance, as `prune` does), no
+  training; quality = −KL to the teacher on the validation share (for encoders, −(1 − embedding agreement));
+- `kd`: the same after `kd_steps` of distillation (`passes.prune_proxy`), the expensive reference;
+- `diswot`: DisWOT's training-free score at initialisation (`compressor.diswot`, causal LMs).
+
+Small spaces are enumerated; larger ones walked by regularised evolution, stopped by `max_seconds`. The output
+is the teacher cut to the best shape by inheritance, ready for `distill`; the report lists the best candidates,
+the Pareto front of quality against cost and a plot of it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from compressor.budget import Budget
+from compressor.errors import UserError
+from compressor.ir import ModelIR
+from passes.base import Pass, PassConfig, PassContext, register
+from passes.inherit import calibration_batches
+from passes.prune import Prune, PruneConfig, budget_target
+from passes.prune_cut import loss_to_teacher, prune_to, validation_blocks
+from passes.prune_proxy import ProxySettings, short_kd
+from passes.prune_shapes import Shape, ShapeCost, config_of, shape_of, tied_head_size
+from passes.search_report import plot_front, search_lines
+from passes.search_space import SearchSpace, pareto_front, regularised_evolution
+
+
+class SearchConfig(PassConfig):
+    score: Literal["inherited", "kd", "diswot"] = Field(
+        default="inherited",
+        description="inherited: KL to the teacher of the shape cut from its weights; kd: the same after kd_steps "
+        "of distillation; diswot: DisWOT's training-free score (causal LMs)",
+    )
+    strategy: Literal["auto", "exhaustive", "evolution"] = Field(
+        default="auto", description="auto: enumerate when the fitting shapes are at most max_exhaustive"
+    )
+    max_exhaustive: int = Field(default=200, ge=1)
+    min_budget_use: float = Field(default=0.85, ge=0, le=1, description="shapes cost at least this share of it")
+    population: int = Field(default=50, ge=2, description="evolution: P (§1: 50 for LMs)")
+    sample: int = Field(default=10, ge=1, description="evolution: S")
+    cycles: int = Field(default=300, ge=0, description="evolution: cycles (stopped earlier by max_seconds)")
+    max_seconds: float = Field(default=600.0, gt=0, description="the longest the scoring may take in all")
+    min_layers: int = Field(default=1, ge=1)
+    diswot_seeds: int = Field(default=3, ge=1, description="diswot: R init seeds (§1)")
+    teacher_init: Literal["random", "pretrained"] = Field(default="random", description="diswot: §1's random teacher")
+    kd_steps: int = Field(default=60, ge=1)
+    kd_batch_size: int = Field(default=8, ge=1)
+    calibration_batches: int = Field(default=8, ge=1)
+    calibration_batch_size: int = Field(default=8, ge=1)
+    seq_len: int = Field(default=128, ge=8)
+    score_blocks: int = Field(default=16, ge=1, description="validation blocks for the inherited and kd scores")
+    top: int = Field(default=12, ge=1, description="candidates listed in the report")
+
+
+def shape_name(shape: Shape) -> str:
+    return f"L{shape.layers}-h{shape.heads}/{shape.kv_heads}-f{shape.ffn}-d{shape.hidden}"
+
+
+@register
+class Search(Pass):
+    name = "search"
+    Config = SearchConfig
+    needs_data = True
+
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        return search_lines(metrics)
+
+    def check(self, ir: ModelIR, budget: Budget) -> None:
+        cfg: SearchConfig = self.config
+        if ir.adapter.is_moe:
+            raise UserError(f"{self.where}: {ir.config.model_type} is a mixture of experts; run moe_to_dense first")
+        if budget.kind not in ("params", "flops"):
+            raise UserError(f"{self.where}: needs a params or FLOPs budget (--budget 0.5, params=60M, flops=0.5)")
+        if cfg.score in ("kd", "diswot") and ir.task != "causal-lm":
+            raise UserError(f"{self.where}.score: {cfg.score} needs a language-model head (causal LMs only)")
+        budget_target(ir, budget)
+
+    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+        cfg: SearchConfig = self.config
+        self.check(ir, ctx.budget)
+        cost, target = budget_target(ir, ctx.budget)
+        params = cost if cost.measure == "params" else ShapeCost(ir, "params")
+        flops = cost if cost.measure == "flops" else ShapeCost(ir, "flops")
+        cuttable = tuple(ir.adapter.cuttable_for(ir.config))
+        space = SearchSpace(shape_of(ir), tied_head_size(ir), cuttable, min(cfg.min_layers, ir.num_layers))
+        floor = cfg.min_budget_use * target
+
+        def fits(shape: Shape) -> bool:
+            return floor <= cost(shape) <= target
+
+        batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
+                                           cfg.seq_len))  # fmt: skip
+        model = ir.materialize(ctx.device)
+        scores = Prune(PruneConfig()).importance(ir, model, batches)  # every unit scored once, as prune does
+        score = self.scorer(ir, model, ctx, batches, scores)
+        started, deadline = time.perf_counter(), time.perf_counter() + cfg.max_seconds
+        seconds: list[float] = []
+
+        def timed(shape: Shape) -> float:
+            if time.perf_counter() > deadline:
+                return float("-inf")  # out of time: never chosen, not listed
+            begin = time.perf_counter()
+            value = score(shape)
+            seconds.append(time.perf_counter() - begin)
+            return value
+
+        strategy, scored = self.walk(space, fits, timed)
+        scored = {s: v for s, v in scored.items() if v != float("-inf")}
+        if not scored:
+            raise UserError(
+                f"{self.where}: no shape of the space costs between {cfg.min_budget_use:g} and 1 × the budget "
+                f"({int(floor):,}–{target:,}); lower {self.where}.min_budget_use"
+            )
+        best = max(scored, key=lambda s: scored[s])
+        student = prune_to(ir, best, scores)
+        rows = {
+            shape_name(s): {
+                "shape": s.as_dict(),
+                "params": params(s),
+                "flops_per_token": flops(s),
+                "score": round(v, 6),
+            }
+            for s, v in scored.items()
+        }
+        key = "params" if cost.measure == "params" else "flops_per_token"
+        front = pareto_front({n: (r[key], r["score"]) for n, r in rows.items()})
+        listed = sorted(rows, key=lambda n: -rows[n]["score"])[: cfg.top]
+        ctx.metrics.update(
+            {
+                "score": cfg.score,
+                "strategy": strategy,
+                "space_size": space.size(),
+                "scored": len(scored),
+                "seconds": round(time.perf_counter() - started, 1),
+                "seconds_per_score": round(sum(seconds) / max(len(seconds), 1), 3),
+                "stopped_by_time": time.perf_counter() > deadline,
+                "cost": cost.measure,
+                "target": target,
+                "chosen": shape_name(best),
+                "shape_before": shape_of(ir).as_dict(),
+                "shape_after": best.as_dict(),
+                "params_before": ir.summary()["totals"]["params"],
+                "params_after": student.summary()["totals"]["params"],
+                "candidates": {n: rows[n] for n in dict.fromkeys([*listed, *front])},
+                "front": front,
+            }
+        )
+        plot_front(rows, front, shape_name(best), cost.measure, ctx.artifacts / "plots" / "search_front.png")
+        ctx.metrics["plot"] = "plots/search_front.png"
+        return student
+
+    def walk(self, space: SearchSpace, fits, score) -> tuple[str, dict[Shape, float]]:
+        """Enumerate the fitting shapes when they are few (or asked), else regularised evolution."""
+        cfg: SearchConfig = self.config
+        exhaustive = cfg.strategy == "exhaustive"
+        if cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 20:
+            fitting = [s for s in space.all_shapes() if fits(s)]
+            exhaustive = len(fitting) <= cfg.max_exhaustive
+        if exhaustive:
+            return "exhaustive", {s: score(s) for s in space.all_shapes() if fits(s)}
+        scored = regularised_evolution(space, score, fits, cfg.population, cfg.sample, cfg.cycles,
+                                       seed=0, start=[space.teacher])  # fmt: skip
+        return "evolution", scored
+
+    def scorer(self, ir: ModelIR, model, ctx: PassContext, batches: list[dict], scores: dict):
+        """The quality of one shape, higher is better, by `score`."""
+        cfg: SearchConfig = self.config
+        if cfg.score == "diswot":
+            from compressor.diswot import diswot_score
+
+            ids = torch.cat([b["input_ids"] for b in batches])
+            teacher = model if cfg.teacher_init == "pretrained" else None
+            seeds = tuple(range(cfg.diswot_seeds))
+            return lambda shape: diswot_score(ir.config, config_of(ir, shape), ids, seeds=seeds,
+                                              teacher_model=teacher)["score"]  # fmt: skip
+        held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
+        blocks = None
+        if cfg.score == "kd":
+            from compressor.data import lm_blocks
+
+            corpus = ctx.require_corpus(self.name)
+            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=cfg.kd_steps * cfg.kd_batch_size)
+        settings = ProxySettings(steps=cfg.kd_steps, batch_size=cfg.kd_batch_size, seed=ctx.seed)
+
+        def inherited(shape: Shape) -> float:
+            student = prune_to(ir, shape, scores).materialize(ctx.device)
+            if blocks is not None:
+                short_kd(model, student, blocks, settings, ctx.device)
+            return -loss_to_teacher(model, student, held, ctx, cfg.seq_len)
+
+        return inherited

@@ -1,0 +1,77 @@
+"""`search`: the student shape under a params or FLOPs budget, realised by inheritance (ALGORITHMS §1, §2)."""
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from compressor.budget import Budget
+from compressor.errors import UserError
+from compressor.ir import ModelIR
+from passes.prune_shapes import Shape, ShapeCost
+from passes.search import Search, SearchConfig
+from passes.search_report import search_lines
+from tests.helpers import STORIES, pass_context
+
+
+def search(ir, tmp_path, budget, **config):
+    ctx = pass_context(ir, tmp_path)
+    ctx.budget = budget
+    return Search(SearchConfig(**config)).run(ir, ctx), ctx.metrics
+
+
+def test_an_exhaustive_search_returns_the_best_scored_shape_within_the_budget(tmp_path):
+    ir = ModelIR.load(STORIES)
+    student, metrics = search(ir, tmp_path, Budget(params=0.6), calibration_batches=2, score_blocks=2,
+                              min_budget_use=0.97, max_exhaustive=400)  # fmt: skip
+    assert metrics["strategy"] == "exhaustive" and metrics["scored"] > 5
+    whole = ir.summary()["totals"]["params"]
+    for row in metrics["candidates"].values():
+        assert 0.97 * 0.6 * whole <= row["params"] <= 0.6 * whole
+    chosen = metrics["candidates"][metrics["chosen"]]
+    assert chosen["score"] == max(r["score"] for r in metrics["candidates"].values())
+    assert student.summary()["totals"]["params"] == chosen["params"] == metrics["params_after"]
+    assert metrics["chosen"] in metrics["front"]  # the best score is never dominated
+    saved = student.save(tmp_path / "saved")
+    assert AutoModelForCausalLM.from_pretrained(saved).num_parameters() == chosen["params"]
+    text = "\n".join(search_lines(metrics))
+    assert (
+        "## Search" in text and "(chosen)" in text and (tmp_path / "artifacts" / "plots" / "search_front.png").exists()
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_an_evolutionary_search_never_returns_a_shape_over_a_random_flops_budget(tiny_dirs, tmp_path, seed):
+    import random
+
+    ir = ModelIR.load(tiny_dirs["llama"])
+    share = random.Random(seed).uniform(0.3, 0.9)
+    student, metrics = search(ir, tmp_path, Budget(flops=share), strategy="evolution", population=6, sample=4,
+                              cycles=12, calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1,
+                              min_budget_use=0.5)  # fmt: skip
+    whole = ir.summary()["totals"]["flops_per_token"]
+    assert student.summary()["totals"]["flops_per_token"] <= share * whole
+    cost = ShapeCost(ir, "flops")
+    assert all(cost(Shape(**r["shape"])) <= share * whole for r in metrics["candidates"].values())
+
+
+def test_diswot_ranks_without_training_and_the_kd_score_trains(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    small = dict(calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1, min_budget_use=0.9)
+    _, diswot = search(ir, tmp_path / "d", Budget(params=0.7), score="diswot", diswot_seeds=1, **small)
+    assert diswot["score"] == "diswot" and all(r["score"] <= 0 for r in diswot["candidates"].values())
+    _, inherited = search(ir, tmp_path / "i", Budget(params=0.7), **small)
+    _, kd = search(ir, tmp_path / "k", Budget(params=0.7), score="kd", kd_steps=3, kd_batch_size=2, **small)
+    for name, row in kd["candidates"].items():  # a few steps of distillation bring every shape closer
+        if name in inherited["candidates"]:
+            assert row["score"] > inherited["candidates"][name]["score"], name
+
+
+def test_search_refuses_what_it_cannot_do(tiny_dirs):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    with pytest.raises(UserError, match="needs a params or FLOPs budget"):
+        Search().check(ir, Budget(layers=0.5))
+    with pytest.raises(UserError, match="diswot needs a language-model head"):
+        Search(SearchConfig(score="diswot")).check(ModelIR.load(tiny_dirs["bert"]), Budget(params=0.5))
+    with pytest.raises(UserError, match="mixture of experts"):
+        Search().check(ModelIR.load(tiny_dirs["mixtral"]), Budget(params=0.5))
+    with pytest.raises(UserError, match="no uniform shape"):
+        Search().check(ir, Budget(params=0.01))

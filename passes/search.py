@@ -108,8 +108,8 @@ class Search(Pass):
         seconds: list[float] = []
 
         def timed(shape: Shape) -> float:
-            if time.perf_counter() > deadline:
-                return float("-inf")  # out of time: never chosen, not listed
+            if seconds and time.perf_counter() > deadline:
+                return float("-inf")  # out of time (after the first score): never chosen, not listed
             begin = time.perf_counter()
             value = score(shape)
             seconds.append(time.perf_counter() - begin)

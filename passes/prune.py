@@ -201,7 +201,7 @@ class Prune(Pass):
                 "params_before": before,
                 "params_after": after,
                 "embedding_params": embedding_params(ir),
-                "kept_layers": kept_layers(scores, shape.layers),
+                "kept_layers": kept_layers(scores, shape.layers) if cfg.schedule == "oneshot" else None,
             }
         )
         tensors = {k: v.tolist() for k, v in scores.items() if isinstance(v, torch.Tensor) and k != "covariance"}

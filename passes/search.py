@@ -164,7 +164,7 @@ class Search(Pass):
         """Enumerate the fitting shapes when they are few (or asked), else regularised evolution."""
         cfg: SearchConfig = self.config
         exhaustive = cfg.strategy == "exhaustive"
-        if cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 20:
+        if cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 5:  # else counting them costs more
             fitting = [s for s in space.all_shapes() if fits(s)]
             exhaustive = len(fitting) <= cfg.max_exhaustive
         if exhaustive:

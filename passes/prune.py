@@ -72,7 +72,7 @@ class PruneConfig(PassConfig):
     heads: int | None = Field(default=None, ge=1, description="query heads to keep per layer")
     ffn: int | None = Field(default=None, ge=1, description="FFN units to keep per layer")
     hidden: int | None = Field(default=None, ge=1, description="hidden channels to keep")
-    experts: int | None = Field(
+    keep_experts: int | None = Field(
         default=None, ge=1, description="MoE: experts kept per layer (the model stays an MoE); default: from the budget"
     )
     calibration_batches: int = Field(default=8, ge=1)
@@ -114,8 +114,9 @@ class Prune(Pass):
         if ir.adapter.is_moe:
             check_experts(self.where, cfg, self.explicit(), ir, budget)
             return
-        if cfg.experts is not None:
-            raise UserError(f"{self.where}.experts: {ir.config.model_type} is dense; experts are cut in MoE models")
+        if cfg.keep_experts is not None:
+            name = ir.config.model_type
+            raise UserError(f"{self.where}.keep_experts: {name} is dense; experts are cut in MoE models")
         teacher = shape_of(ir)
         for axis in ("layers", "heads", "ffn", "hidden"):
             asked = getattr(cfg, axis)

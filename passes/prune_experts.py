@@ -21,21 +21,21 @@ def check_experts(where: str, cfg, explicit: bool, ir: ModelIR, budget: Budget) 
     changed = [k for k in ("method", "schedule", "hidden_method") if getattr(cfg, k) != getattr(defaults, k)]
     if explicit or changed:
         raise UserError(
-            f"{where}: on a mixture of experts ({name}) prune cuts whole experts only (prune.experts); "
+            f"{where}: on a mixture of experts ({name}) prune cuts whole experts only (prune.keep_experts); "
             "run moe_to_dense first for a dense student"
         )
-    if cfg.experts is None and budget.kind != "params":
+    if cfg.keep_experts is None and budget.kind != "params":
         raise UserError(
-            f"{where}: {name} is a mixture of experts; give prune.experts (experts kept per layer) or a "
+            f"{where}: {name} is a mixture of experts; give prune.keep_experts (experts kept per layer) or a "
             "params budget, or run moe_to_dense first for a dense student"
         )
     total, top_k = ir.adapter.expert_count(ir.config), ir.adapter.top_k(ir.config)
-    if cfg.experts is not None and not top_k <= cfg.experts <= total:
+    if cfg.keep_experts is not None and not top_k <= cfg.keep_experts <= total:
         raise UserError(
-            f"{where}.experts: {cfg.experts} asked; keep between the router's top-k ({top_k}) and the "
+            f"{where}.keep_experts: {cfg.keep_experts} asked; keep between the router's top-k ({top_k}) and the "
             f"{total} experts each layer has"
         )
-    if cfg.experts is None:
+    if cfg.keep_experts is None:
         experts_for_budget(ir, budget)
 
 
@@ -43,7 +43,7 @@ def run_experts(cfg, ir: ModelIR, model, ctx: PassContext, batches: list[dict]) 
     """Whole experts cut by router load × output norm (`importance.expert_importance`), the same count in
     every layer, each layer keeping its own best; routers lose the cut experts' rows."""
     scores = expert_importance(model, batches)
-    count = cfg.experts or experts_for_budget(ir, ctx.budget)
+    count = cfg.keep_experts or experts_for_budget(ir, ctx.budget)
     keep = {layer: top(scores[layer], count) for layer in range(ir.num_layers)}
     student = ir.slice_group("experts", keep) if count != scores.shape[1] else ir
     kept_share = [round(float(scores[i, k].sum() / scores[i].sum().clamp_min(1e-30)), 4) for i, k in keep.items()]

@@ -368,7 +368,7 @@ def test_a_recipe_that_makes_an_moe_dense_then_prunes_it_is_checked_against_the_
 
 def test_pass_prune_keeps_an_moe_with_fewer_experts(capsys, tmp_path, tiny_dirs):
     out = tmp_path / "fewer"
-    args = ["pass", "prune", "--in", tiny_dirs["mixtral"], "--out", out, "--set", "experts=3", "--set",
+    args = ["pass", "prune", "--in", tiny_dirs["mixtral"], "--out", out, "--set", "keep_experts=3", "--set",
             "calibration_batches=2", "--data", DATA / "tinystories_dev.txt"]  # fmt: skip
     code, _, err = run(capsys, *args)
     assert code == 0, err

@@ -139,16 +139,16 @@ def test_impossible_asks_are_refused_before_any_work(tiny_dirs, tmp_path):
     with pytest.raises(UserError, match="shape_score: kd distils logits"):
         Prune(PruneConfig(shape_score="kd")).check(bert, Budget(params=0.5))
     moe = ModelIR.load(tiny_dirs["mixtral"])  # 4 experts, top-2
-    with pytest.raises(UserError, match="give prune.experts"):
+    with pytest.raises(UserError, match="give prune.keep_experts"):
         Prune(PruneConfig()).check(moe, Budget())
     with pytest.raises(UserError, match="cuts whole experts only"):
         Prune(PruneConfig(ffn=16)).check(moe, Budget())
     with pytest.raises(UserError, match="keep between the router's top-k \\(2\\) and the 4 experts"):
-        Prune(PruneConfig(experts=1)).check(moe, Budget())
+        Prune(PruneConfig(keep_experts=1)).check(moe, Budget())
     with pytest.raises(UserError, match="top-k \\(2\\) experts in every layer leaves"):
         Prune(PruneConfig()).check(moe, Budget(params=0.05))
     with pytest.raises(UserError, match="experts are cut in MoE models"):
-        Prune(PruneConfig(experts=2)).check(ir, Budget())
+        Prune(PruneConfig(keep_experts=2)).check(ir, Budget())
 
 
 def test_pca_hidden_method_projects_the_stream_and_reports_it(tiny_dirs, tmp_path):
@@ -246,7 +246,8 @@ def test_expert_pruning_keeps_an_moe_of_each_layers_best_experts_that_reloads(ti
     ir = ModelIR.load(tiny_dirs[model_type])
     down = expert_down(ir, 0, 2)
     silent = ir.set_weights({down: torch.zeros_like(ir.weights[down])})
-    student, metrics = prune(silent, tmp_path, experts=3, calibration_batches=2, calibration_batch_size=2, seq_len=16)
+    small = dict(calibration_batches=2, calibration_batch_size=2, seq_len=16)
+    student, metrics = prune(silent, tmp_path, keep_experts=3, **small)
     assert student.adapter.is_moe and student.adapter.expert_count(student.config) == 3
     assert metrics["kept_experts"][0] == [0, 1, 3]  # layer 0's silent expert goes first
     model = student.materialize()

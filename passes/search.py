@@ -163,12 +163,11 @@ class Search(Pass):
     def walk(self, space: SearchSpace, fits, score) -> tuple[str, dict[Shape, float]]:
         """Enumerate the fitting shapes when they are few (or asked), else regularised evolution."""
         cfg: SearchConfig = self.config
-        exhaustive = cfg.strategy == "exhaustive"
-        if cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 5:  # else counting them costs more
-            fitting = [s for s in space.all_shapes() if fits(s)]
-            exhaustive = len(fitting) <= cfg.max_exhaustive
-        if exhaustive:
-            return "exhaustive", {s: score(s) for s in space.all_shapes() if fits(s)}
+        fitting = None
+        if cfg.strategy == "exhaustive" or (cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 5):
+            fitting = [s for s in space.all_shapes() if fits(s)]  # counted once; a large space is not counted
+        if fitting is not None and (cfg.strategy == "exhaustive" or len(fitting) <= cfg.max_exhaustive):
+            return "exhaustive", {s: score(s) for s in fitting}
         scored = regularised_evolution(space, score, fits, cfg.population, cfg.sample, cfg.cycles,
                                        seed=0, start=[space.teacher])  # fmt: skip
         return "evolution", scored

@@ -34,8 +34,8 @@ from passes.inherit import Inherit, InheritConfig, calibration_batches
 from passes.prune import Prune, PruneConfig, budget_target
 from passes.prune_cut import prune_to
 from passes.prune_shapes import Shape, shape_of, tied_head_size
-from passes.search import Search, SearchConfig, shape_name
-from passes.search_space import SearchSpace
+from passes.search import Search, SearchConfig
+from passes.search_space import SearchSpace, shape_name
 from targets import get_target
 
 
@@ -101,7 +101,7 @@ def main() -> int:
         batches = list(calibration_batches(teacher, ctx, "search", 8, 8, args.seq_len))
         model = teacher.materialize()
         units = Prune(PruneConfig()).importance(teacher, model, batches)
-        scorers = {n: Search(SearchConfig(score=n)).scorer(teacher, model, ctx, batches, units) for n in names}
+        scorers = {n: Search(SearchConfig(score=n)).scorer(teacher, model, ctx, batches, units, n) for n in names}
 
         def train(student: ModelIR, name: str, trained_tokens: int = 0) -> float:
             """`args.steps` of KD less what the student already trained on (the same token budget for all)."""

@@ -238,7 +238,7 @@ def run_speed(report: dict, onnx_dir: Path, target, student: ModelIR, ctx: PassC
     from compressor.run_speed import measure_run_speed
 
     STDERR.print("[bold]speed[/]: teacher (PyTorch) vs student (ONNX) on this machine")
-    return measure_run_speed(
+    speed = measure_run_speed(
         ctx.teacher_model,
         deploy,
         target,
@@ -246,6 +246,14 @@ def run_speed(report: dict, onnx_dir: Path, target, student: ModelIR, ctx: PassC
         int(student.config.vocab_size),
         report["ratios"]["flops_per_token"],
     )
+    if ctx.budget.latency is not None and speed.get("measured"):
+        measured = speed["student"]["latency"]["p50_ms"]
+        speed["latency_budget"] = {
+            "ms": ctx.budget.latency,
+            "shipped_ms": measured,
+            "met": measured <= ctx.budget.latency,
+        }
+    return speed
 
 
 def write_model_cards(report: dict, out: Path, recipe: Recipe) -> None:

@@ -4,6 +4,7 @@ recipe, the command line and the passes (DESIGN §6)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from compressor.ir import ModelIR
 
 
-KINDS = ("params", "flops", "layers")  # what a student's size can be measured in
+KINDS = ("params", "flops", "layers", "latency")  # what a student's size can be measured in
+LATENCY_SUFFIX = {"": 1.0, "ms": 1.0, "us": 1e-3, "µs": 1e-3, "s": 1000.0}
 
 
 def size_kind(values: Mapping) -> str | None:
@@ -25,8 +27,8 @@ def size_kind(values: Mapping) -> str | None:
 
 
 class Budget(BaseModel):
-    """Size: `params`, `flops` or `layers` as shares of the teacher, or `params` as a count (None = not
-    constrained; at most one). Training: `train_tokens`,
+    """Size: `params`, `flops` or `layers` as shares of the teacher, `params` as a count, or `latency` in
+    milliseconds measured on the target (None = not constrained; at most one). Training: `train_tokens`,
     `time` (seconds); copied into every training pass's config by the recipe."""
 
     model_config = ConfigDict(extra="forbid")
@@ -35,6 +37,9 @@ class Budget(BaseModel):
     flops: float | None = Field(default=None, gt=0, le=1, description="a share of the teacher's FLOPs per token")
     params: float | None = Field(
         default=None, gt=0, description="a share of the teacher's parameters in (0, 1], or a count such as 60M"
+    )
+    latency: float | None = Field(
+        default=None, gt=0, description="batch-1 latency on the target in ms, measured through ONNX Runtime"
     )
     train_tokens: int | str | None = Field(default=None, description="training tokens: 2000000, 500k, 12.3M")
     time: float | str | None = Field(default=None, description="training time: seconds, or 90s, 30m, 1.5h")
@@ -55,6 +60,17 @@ class Budget(BaseModel):
             raise ValueError("a share is at most 1; a parameter count is a whole number")
         return value
 
+    @field_validator("latency", mode="before")
+    @classmethod
+    def latency_ms(cls, value):
+        """`5ms`, `800us`, `0.5s` in a recipe; a bare number is milliseconds."""
+        if isinstance(value, str):
+            try:
+                return parse_latency(value, "budget")
+            except UserError as exc:
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return value
+
     @field_validator("train_tokens", "time")
     @classmethod
     def parsed(cls, value, info):
@@ -68,7 +84,7 @@ class Budget(BaseModel):
     @model_validator(mode="after")
     def one_kind(self) -> Budget:
         if sum(getattr(self, k) is not None for k in KINDS) > 1:
-            raise ValueError("give either layers or params or flops, not more than one")
+            raise ValueError("give one of layers, params, flops or latency, not more than one")
         return self
 
     def params_share(self, teacher_params: int) -> float | None:
@@ -84,13 +100,18 @@ class Budget(BaseModel):
 
     @property
     def kind(self) -> str | None:
-        """What the size is measured in: "layers", "params", "flops", or None when no size was asked for."""
+        """What the size is measured in: "layers", "params", "flops", "latency", or None when none was asked for."""
         return size_kind({k: getattr(self, k) for k in KINDS})
 
 
 def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
     """How many layers the student keeps under `budget`; an impossible budget is a UserError."""
     total = ir.num_layers
+    if budget.latency is not None:
+        raise UserError(
+            f"budget latency={budget.latency:g}ms: a latency budget is met by measuring student shapes; "
+            "run `search` first (the default pipeline does)"
+        )
     if budget.layers is not None:
         count = round(budget.layers * total)
         if count < 1:
@@ -123,16 +144,30 @@ def layers_for_budget(ir: ModelIR, budget: Budget) -> int:
     return total
 
 
-BUDGET_FORMS = "a parameter share such as 0.5, or params=0.5, params=60M, flops=0.5 or layers=0.5"
+BUDGET_FORMS = "a parameter share such as 0.5, or params=0.5, params=60M, flops=0.5, layers=0.5 or latency=5ms"
+
+
+def parse_latency(text: str, what: str = "--budget") -> float:
+    """`5ms`, `5` (milliseconds), `800us` or `0.5s` → milliseconds (> 0)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|µs|s)?\s*", str(text).lower())
+    if not match:
+        raise UserError(f"{what} latency={text}: expected a time such as 5ms, 800us or 0.5s")
+    value = float(match.group(1)) * LATENCY_SUFFIX[match.group(2) or ""]
+    if value <= 0:
+        raise UserError(f"{what} latency={text}: must be more than 0 ms")
+    return value
 
 
 def parse_budget(text: str, what: str = "--budget") -> dict[str, float]:
     """`--budget` as users write it: a bare share keeps that share of the teacher's parameters (`params=0.5`);
-    `params=60M` is a count, `flops=0.5` a share of the FLOPs per token, `layers=0.5` a share of the layers."""
+    `params=60M` is a count, `flops=0.5` a share of the FLOPs per token, `layers=0.5` a share of the layers,
+    `latency=5ms` the batch-1 latency the student must meet on the target (measured, `compressor.latency_table`)."""
     kind, _, value = str(text).strip().rpartition("=")
     kind = kind.strip() or "params"
     if kind not in KINDS:
         raise UserError(f"{what} {text!r}: unknown budget kind {kind!r}; give {BUDGET_FORMS}")
+    if kind == "latency":
+        return {kind: parse_latency(value, what)}
     try:
         number = float(value)
     except ValueError:

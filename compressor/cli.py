@@ -35,7 +35,11 @@ def model(
     ] = None,
     target: Annotated[str | None, typer.Option("--target", "-t", help="cpu, gpu or edge (default cpu)")] = None,
     budget: Annotated[
-        str | None, typer.Option(help="student size: a parameter share (0.5), params=60M, flops=0.5 or layers=0.5")
+        str | None,
+        typer.Option(
+            help="student size: a parameter share (0.5), params=60M, flops=0.5, layers=0.5, or latency=5ms "
+            "(batch-1 latency measured on the target)"
+        ),
     ] = None,
     data: Annotated[str | None, typer.Option(help="training text; default: built-in English corpus")] = None,
     eval_data: Annotated[str | None, typer.Option("--eval-data", help="held-out text; default: 10% of --data")] = None,
@@ -206,7 +210,7 @@ def run_pass(
     data: Annotated[str | None, typer.Option(help="data file; default: built-in corpus")] = None,
     target: Target = "cpu",
     budget: Annotated[
-        str | None, typer.Option(help="a parameter share (0.5), params=60M, flops=0.5 or layers=0.5")
+        str | None, typer.Option(help="a parameter share (0.5), params=60M, flops=0.5, layers=0.5 or latency=5ms")
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     seed: Annotated[int, typer.Option()] = 0,

@@ -22,6 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 import compressor
+from compressor.budget import KINDS
 from compressor.distributed import is_main_process
 from compressor.errors import UserError
 from compressor.fs import MARKER, atomic_directory, check_writable, owner_of, sha256_file
@@ -116,6 +117,7 @@ def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:
         "pass": step.name,
         "config": step.config.model_dump(mode="json"),
         "seed": ctx.seed,
+        "size_budget": {kind: getattr(ctx.budget, kind) for kind in KINDS},  # a pass may cut by it
     }
     if step.target_dependent:
         parts["target"] = ctx.target.name

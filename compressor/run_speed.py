@@ -117,4 +117,16 @@ def speed_note(speed: dict | None) -> list[str]:
         f"Speed measured on this machine: teacher in {speed['teacher']['runtime']}, student `{speed['student_file']}` "
         f"in {speed['student']['runtime']}, {speed['runs']} runs each, target {speed['target']}. The FLOPs ratio "
         f"alone would predict {speed['flops_speedup']}× (`--no-bench` skips this; `compress bench` measures more).",
+        *latency_budget_line(speed.get("latency_budget")),
+    ]
+
+
+def latency_budget_line(check: dict | None) -> list[str]:
+    """Whether the shipped file met the `--budget latency=` asked for, as measured here."""
+    if not check:
+        return []
+    verdict = "**met**" if check["met"] else "**not met** (the search measured fp32 shapes; see the search section)"
+    return [
+        "",
+        f"Latency budget {check['ms']:g} ms: the shipped file measured {check['shipped_ms']} ms at batch 1, {verdict}.",
     ]

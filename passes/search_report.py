@@ -12,28 +12,50 @@ SCORES = {
 }
 
 
+COSTS = {"params": "parameters", "flops": "FLOPs per token", "latency": "ms of batch-1 latency"}
+
+
 def search_lines(metrics: dict) -> list[str]:
-    cost = "parameters" if metrics["cost"] == "params" else "FLOPs per token"
     timing = " (stopped by max_seconds)" if metrics.get("stopped_by_time") else ""
+    latency = metrics.get("latency")
     lines = [
         "## Search",
         "",
         f"Shape chosen by {metrics['strategy']} search over {metrics['space_size']:,} uniform shapes: "
         f"**{metrics['chosen']}** ({metrics['params_before']:,} → {metrics['params_after']:,} parameters), the best of "
-        f"{metrics['scored']:,} scored within {metrics['target']:,} {cost} by {SCORES[metrics['score']]}; "
-        f"{metrics['seconds']} s in all, {metrics['seconds_per_score']} s per score{timing}. The shape is realised "
-        "from the teacher's weights by importance (as `prune` does).",
+        f"{metrics['scored']:,} scored within {metrics['target']:,} {COSTS[metrics['cost']]} by "
+        f"{SCORES[metrics['score']]} ({metrics.get('score_why', 'asked for')}); {metrics['seconds']} s in all, "
+        f"{metrics['seconds_per_score']} s per score{timing}. The shape is realised from the teacher's weights by "
+        "importance (as `prune` does).",
         "",
-        "| candidate | layers | heads | FFN | hidden | params | FLOPs/token | score | front |",
-        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if latency:
+        fit = latency["fit_ms"]
+        lines += [
+            f"Latency is a **measurement of this machine** ({latency['machine']['cpu']}, "
+            f"{latency['machine']['logical_cores']} logical cores, onnxruntime {latency['machine']['onnxruntime']}): "
+            f"batch 1, sequence {latency['seq']}, fp32 ONNX as Optimum exports it, p50. The chosen shape measured "
+            f"**{latency['chosen_measured_ms']} ms**. Table: {latency['table_source']}; {latency['measured_shapes']} "
+            f"shapes measured ({latency['measured_now']} in this run), others interpolated by ms ≈ {fit['c0']} + "
+            f"{fit['per_layer']}·layers + {fit['per_mflop']}·MFLOPs/token (largest error on the measured shapes "
+            f"{latency['fit_max_relative_error']:.1%}).",
+            "",
+        ]
+    extra = " ms |" if latency else ""
+    lines += [
+        f"| candidate | layers | heads | FFN | hidden | params | FLOPs/token |{extra} score | front |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if latency else ""),
     ]
     for name, row in metrics["candidates"].items():
         s = row["shape"]
         mark = " **(chosen)**" if name == metrics["chosen"] else ""
         front = "yes" if name in metrics["front"] else ""
+        ms = ""
+        if latency:
+            ms = f" {row['latency_ms']}{' (measured)' if row.get('latency_measured') else ''} |"
         lines.append(
             f"| {name}{mark} | {s['layers']} | {s['heads']} | {s['ffn']} | {s['hidden']} | {row['params']:,} "
-            f"| {row['flops_per_token']:,} | {row['score']} | {front} |"
+            f"| {row['flops_per_token']:,} |{ms} {row['score']} | {front} |"
         )
     if metrics.get("plot"):
         lines += ["", f"![search]({metrics['plot']})"]
@@ -47,12 +69,12 @@ def plot_front(rows: dict, front: list[str], chosen: str, measure: str, out_file
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = "params" if measure == "params" else "flops_per_token"
+    key = {"params": "params", "flops": "flops_per_token", "latency": "latency_ms"}[measure]
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     axis.scatter([r[key] for r in rows.values()], [r["score"] for r in rows.values()], s=10, alpha=0.5, label="scored")
     axis.plot([rows[n][key] for n in front], [rows[n]["score"] for n in front], "-o", ms=4, color="C1", label="front")
     axis.scatter([rows[chosen][key]], [rows[chosen]["score"]], marker="*", s=160, color="C3", label="chosen", zorder=3)
-    axis.set(xlabel="parameters" if key == "params" else "FLOPs per token", ylabel="score (higher is better)")
+    axis.set(xlabel=COSTS[measure], ylabel="score (higher is better)")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -19,6 +19,10 @@ from passes.prune_shapes import Shape
 GENES = ("layers", "heads", "ffn", "hidden")
 
 
+def shape_name(shape: Shape) -> str:
+    return f"L{shape.layers}-h{shape.heads}/{shape.kv_heads}-f{shape.ffn}-d{shape.hidden}"
+
+
 def grid(full: int) -> list[int]:
     """The widths a search may give an axis of `full` units: multiples of the step, and `full` itself."""
     step = 64 if full >= 512 else 8 if full >= 32 else 1

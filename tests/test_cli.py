@@ -59,6 +59,11 @@ def test_model_end_to_end_and_cached_rerun(capsys, tmp_path, tiny_dirs):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["cached_passes"] == ["inherit", "distill", "export"]
+    other = [*args[:3], "layers=0.34", *args[4:]]  # another size budget is another student, never a cache hit
+    code, _, err = run(capsys, *other, "--overwrite")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["cached_passes"] == [] and report["student"]["layers"] == 1
 
 
 def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path, tiny_dirs):
@@ -373,3 +378,40 @@ def test_pass_prune_keeps_an_moe_with_fewer_experts(capsys, tmp_path, tiny_dirs)
     code, _, err = run(capsys, *args)
     assert code == 0, err
     assert AutoModelForCausalLM.from_pretrained(out).config.num_local_experts == 3
+
+
+def test_a_latency_budget_searches_measured_shapes_and_reports_the_shipped_latency(
+    capsys, tmp_path, tiny_dirs, monkeypatch
+):
+    import passes.search_latency as search_latency
+    from compressor.recipe import default_passes
+    from passes.prune_shapes import ShapeCost
+
+    assert [next(iter(p)) for p in default_passes(str(tiny_dirs["llama"]), "latency")] == ["search", "distill",
+                                                                                           "export"]  # fmt: skip
+    law = {}
+
+    def fake_ms(ir, shape, target, scratch, runs=30):  # a deterministic machine: 0.1 ms + 0.02 ms per layer + FLOPs
+        law.setdefault("flops", ShapeCost(ir, "flops"))
+        return 0.1 + 0.02 * shape.layers + law["flops"](shape) / 1e5
+
+    monkeypatch.setattr(search_latency, "measure_shape", fake_ms)
+    recipe = tmp_path / "search.yaml"
+    recipe.write_text("passes:\n  - search: {score: inherited, calibration_batches: 1, score_blocks: 2, "
+                      "min_budget_use: 0.5}\n  - distill: {}\n  - export: {}\n")  # fmt: skip
+    out = tmp_path / "run"
+    args = ["model", tiny_dirs["llama"], "--recipe", recipe, "--budget", "latency=0.6ms", "--steps", "2"]
+    code, _, err = run(capsys, *args, "--data", DATA / "tinystories_dev.txt", "--out", out, "--quiet")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    metrics = report["passes"][0]["metrics"]
+    assert metrics["cost"] == "latency" and metrics["latency"]["chosen_measured_ms"] <= 0.6
+    chosen = metrics["candidates"][metrics["chosen"]]
+    assert chosen["latency_measured"] and all(r["latency_ms"] <= 0.6 for r in metrics["candidates"].values())
+    assert report["speed"]["latency_budget"]["ms"] == 0.6  # the shipped file measured for real against the budget
+    markdown = (out / "REPORT.md").read_text()
+    assert "measurement of this machine" in markdown and "Latency budget 0.6 ms" in markdown
+    impossible = [*args[:4], "--budget", "latency=0.001ms", "--steps", "2", "--data", DATA / "tinystories_dev.txt"]
+    code, _, err = run(capsys, *impossible, "--out", tmp_path / "impossible", "--quiet")
+    assert code == 2 and "even the smallest student shape measured" in err
+    assert not (tmp_path / "impossible").exists()

@@ -20,7 +20,8 @@ def search(ir, tmp_path, budget, **config):
 
 def test_an_exhaustive_search_returns_the_best_scored_shape_within_the_budget(tiny_dirs, tmp_path):
     ir = ModelIR.load(tiny_dirs["llama"])
-    student, metrics = search(ir, tmp_path, Budget(params=0.6), calibration_batches=1, calibration_batch_size=2,
+    student, metrics = search(ir, tmp_path, Budget(params=0.6), score="inherited", calibration_batches=1,
+                              calibration_batch_size=2,
                               seq_len=32, score_blocks=2, min_budget_use=0.9, max_exhaustive=400)  # fmt: skip
     assert metrics["strategy"] == "exhaustive" and metrics["scored"] > 5
     whole = ir.summary()["totals"]["params"]
@@ -44,7 +45,8 @@ def test_an_evolutionary_search_never_returns_a_shape_over_a_random_flops_budget
 
     ir = ModelIR.load(tiny_dirs["llama"])
     share = random.Random(seed).uniform(0.3, 0.9)
-    student, metrics = search(ir, tmp_path, Budget(flops=share), strategy="evolution", population=6, sample=4,
+    student, metrics = search(ir, tmp_path, Budget(flops=share), score="inherited", strategy="evolution",
+                              population=6, sample=4,
                               cycles=12, calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1,
                               min_budget_use=0.5)  # fmt: skip
     whole = ir.summary()["totals"]["flops_per_token"]
@@ -58,7 +60,7 @@ def test_diswot_ranks_without_training_and_the_kd_score_trains(tiny_dirs, tmp_pa
     small = dict(calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1, min_budget_use=0.9)
     _, diswot = search(ir, tmp_path / "d", Budget(params=0.7), score="diswot", diswot_seeds=1, **small)
     assert diswot["score"] == "diswot" and all(r["score"] <= 0 for r in diswot["candidates"].values())
-    _, inherited = search(ir, tmp_path / "i", Budget(params=0.7), **small)
+    _, inherited = search(ir, tmp_path / "i", Budget(params=0.7), score="inherited", **small)
     _, kd = search(ir, tmp_path / "k", Budget(params=0.7), score="kd", kd_steps=3, kd_batch_size=2, **small)
     for name, row in kd["candidates"].items():  # a few steps of distillation bring every shape closer
         if name in inherited["candidates"]:
@@ -67,7 +69,7 @@ def test_diswot_ranks_without_training_and_the_kd_score_trains(tiny_dirs, tmp_pa
 
 def test_search_refuses_what_it_cannot_do(tiny_dirs):
     ir = ModelIR.load(tiny_dirs["llama"])
-    with pytest.raises(UserError, match="needs a params or FLOPs budget"):
+    with pytest.raises(UserError, match="needs a params, FLOPs or latency budget"):
         Search().check(ir, Budget(layers=0.5))
     with pytest.raises(UserError, match="diswot needs a language-model head"):
         Search(SearchConfig(score="diswot")).check(ModelIR.load(tiny_dirs["bert"]), Budget(params=0.5))

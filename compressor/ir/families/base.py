@@ -145,9 +145,12 @@ class FamilyAdapter(ABC):
 
     def default_pipeline(self, budget_kind: str | None) -> list[dict]:
         """The passes `compress model` runs with no recipe: under a parameter or FLOPs budget, structured pruning
-        (width and depth, the shape chosen by measurement), else inherit layers by importance; then distil and
-        export."""
+        (width and depth, the shape chosen by measurement); under a latency budget, `search` over shapes measured
+        on the target (it cuts the chosen shape with prune's importance); else inherit layers by importance; then
+        distil and export."""
         shrink = {"prune": {}} if budget_kind in ("params", "flops") else {"inherit": {}}
+        if budget_kind == "latency":
+            shrink = {"search": {}}
         return [shrink, {"distill": {}}, {"export": {}}]
 
     def is_classifier(self, config) -> bool:

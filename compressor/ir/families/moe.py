@@ -41,8 +41,9 @@ class MoEAdapter(LlamaAdapter):
 
     def default_pipeline(self, budget_kind: str | None) -> list[dict]:
         """The MoE first becomes dense (`moe_to_dense`, its compression: every layer keeps one expert's compute),
-        then is refined by distillation from the MoE; layers are dropped too only when a budget was asked for."""
-        inherit = [{"inherit": {}}] if budget_kind else []
+        then is refined by distillation from the MoE; layers are dropped too only when a budget was asked for (a
+        latency budget: the dense student's shape is searched against measured latency)."""
+        inherit = [{"search": {}}] if budget_kind == "latency" else [{"inherit": {}}] if budget_kind else []
         return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
 
     def genai_model_type(self, config) -> str | None:

@@ -1,0 +1,220 @@
+"""Measured latency of student shapes on a target, for `--budget latency=5ms` (issue 12 §1).
+
+A latency budget cannot be computed from a config: it is a property of this machine, this ONNX Runtime build and
+the target's session settings. So a few anchor shapes of the teacher's family are measured once (random weights:
+speed does not depend on their values), exported by Optimum as the export pass does, timed through ONNX Runtime on
+the target's providers at batch 1 and the target's sequence length (p50 of the forward pass; for causal LMs the
+prefill). Between anchors the latency is interpolated by a least-squares fit
+
+    latency ≈ c0 + c1 · layers + c2 · FLOPs/token
+
+(a fixed cost, a per-layer cost of the kernels every layer launches, and a cost per multiply-add), which is the
+shape of CPU latency for dense transformers at fixed sequence length. The fit's largest relative error on the
+anchors is kept beside it, and a shape that was measured uses its measurement.
+
+The table is cached per machine and target (`<cache>/latency/`): a later run with the same teacher family, machine
+and target reuses it; a table measured on another machine, or under other target settings, is refused (and
+measured again), never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from compressor.errors import UserError
+from compressor.fs import write_atomically
+
+VERSION = 1
+
+
+class TableMismatch(UserError):
+    """A latency table measured on another machine or under other target settings."""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_fingerprint() -> dict:
+    """What makes a latency measurement belong to this machine."""
+    import onnxruntime as ort
+
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "onnxruntime": ort.__version__,
+    }
+
+
+def target_fingerprint(target) -> dict:
+    """The target settings a latency depends on."""
+    return {
+        "name": target.name,
+        "providers": list(target.available_providers()),
+        "seq": target.latency_seq,
+        "threads": target.intra_op_threads,
+        "graph_optimization": target.graph_optimization,
+    }
+
+
+def family_signature(ir) -> dict:
+    """The teacher facts (besides the shape) a student's latency depends on."""
+    from passes.prune_shapes import shape_of
+
+    config = ir.config
+    return {
+        "model_type": str(config.model_type),
+        "task": ir.task,
+        "vocab": int(config.vocab_size),
+        "head_dim": ir.adapter.attention_shape(config)[2],
+        "teacher_shape": shape_of(ir).as_dict(),
+    }
+
+
+@dataclass
+class LatencyTable:
+    """Measured milliseconds per shape name, with the machine, target and family they were measured for."""
+
+    machine: dict
+    target: dict
+    family: dict
+    measured: dict[str, dict] = field(default_factory=dict)  # name -> {"shape", "layers", "flops", "ms"}
+
+    def fit(self) -> tuple[list[float], float]:
+        """Least-squares (c0, c1, c2) of ms ≈ c0 + c1·layers + c2·flops, and the largest relative anchor error."""
+        import numpy as np
+
+        rows = list(self.measured.values())
+        x = np.array([[1.0, r["layers"], r["flops"] / 1e6] for r in rows])
+        y = np.array([r["ms"] for r in rows])
+        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        error = float(np.max(np.abs(x @ coef - y) / y)) if len(rows) else 0.0
+        return [float(c) for c in coef], error
+
+    def predict(self, name: str, layers: int, flops: int) -> float:
+        """The measured latency of `name`, else the interpolated one (ms)."""
+        if name in self.measured:
+            return float(self.measured[name]["ms"])
+        coef, _ = self.fit()
+        return max(0.0, coef[0] + coef[1] * layers + coef[2] * flops / 1e6)
+
+    def as_json(self) -> str:
+        body = {"version": VERSION, "machine": self.machine, "target": self.target, "family": self.family}
+        return json.dumps({**body, "measured": self.measured}, indent=2)
+
+    @classmethod
+    def load(cls, path: Path, machine: dict, target: dict, family: dict) -> LatencyTable:
+        """The table stored at `path`; TableMismatch when it was measured elsewhere or for other settings."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise TableMismatch(f"{path}: not a readable latency table ({exc})") from None
+        if raw.get("version") != VERSION:
+            raise TableMismatch(f"{path}: latency table version {raw.get('version')!r}, expected {VERSION}")
+        for what, mine in (("machine", machine), ("target", target), ("model family", family)):
+            key = "family" if what == "model family" else what
+            if raw.get(key) != mine:
+                theirs = raw.get(key) or {}
+                differing = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+                raise TableMismatch(f"{path}: latency table measured for another {what} (differs in "
+                                    f"{', '.join(differing)}); refused")  # fmt: skip
+        return cls(machine, target, family, dict(raw.get("measured") or {}))
+
+
+def table_path(cache_root: Path, target: dict, family: dict) -> Path:
+    """One file per teacher family and target; the machine is checked inside, so a copied cache is refused."""
+    digest = hashlib.sha256(json.dumps([target, family], sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_root) / "latency" / f"{family['model_type']}-{target['name']}-{digest}.json"
+
+
+def open_table(cache_root: Path, ir, target) -> tuple[LatencyTable, Path, str]:
+    """The cached table for `ir`'s family on `target` and this machine, or an empty one; and what happened."""
+    machine, tgt, family = machine_fingerprint(), target_fingerprint(target), family_signature(ir)
+    path = table_path(cache_root, tgt, family)
+    if not path.exists():
+        return LatencyTable(machine, tgt, family), path, "measured (no cached table)"
+    try:
+        table = LatencyTable.load(path, machine, tgt, family)
+    except TableMismatch as exc:
+        return LatencyTable(machine, tgt, family), path, f"measured again: {exc}"
+    return table, path, f"reused from {path}"
+
+
+def save_table(table: LatencyTable, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, table.as_json())
+
+
+def measure_shape(ir, shape, target, scratch: Path, runs: int = 30) -> float:
+    """Batch-1 p50 latency (ms) of `ir`'s family at `shape`, random weights, exported by Optimum, on `target`."""
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    from compressor.onnx.bench import measure_session
+    from compressor.onnx.check import open_session
+    from passes.export import export_task
+    from passes.prune_shapes import config_of
+
+    config = config_of(ir, shape)
+    folder = Path(scratch) / "latency-shape"
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(0)
+    model = ir.adapter.model_class(config)._from_config(config)
+    model.save_pretrained(folder / "hf", safe_serialization=True)
+    main_export(str(folder / "hf"), folder / "onnx", task=export_task(ir, "auto"), do_validation=False,
+                local_files_only=True, library_name="transformers")  # fmt: skip
+    session = open_session(folder / "onnx" / "model.onnx", target.available_providers(), target.session_options())
+    figures = measure_session(session, ir.task == "causal-lm", int(config.vocab_size), target.latency_seq, 1,
+                              warmup=3, runs=runs)  # fmt: skip
+    shutil.rmtree(folder, ignore_errors=True)
+    return float(figures["latency"]["p50_ms"])
+
+
+def anchor_shapes(space, tied_head_size: int | None = None) -> list:
+    """Shapes spanning the space: full, half and one layer, each at full and at about half width."""
+    from passes.prune_shapes import scaled
+
+    teacher = space.teacher
+    narrow = scaled(teacher, tuple(a for a in ("heads", "ffn", "hidden") if a in space.cuttable), 0.5,
+                    tied_head_size)  # fmt: skip
+    layer_counts = sorted({teacher.layers, max(1, teacher.layers // 2), 1}, reverse=True)
+    shapes = []
+    for width in (teacher, narrow):
+        for layers in layer_counts:
+            shape = type(teacher)(layers, width.heads, width.kv_heads, width.ffn, width.hidden)
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
+
+
+def ensure_anchors(
+    table: LatencyTable, shapes: list, name: Callable, flops: Callable, measure: Callable[[object], float]
+) -> int:
+    """Measure every anchor the table lacks; returns how many were measured now."""
+    count = 0
+    for shape in shapes:
+        if name(shape) not in table.measured:
+            record(table, shape, name, flops, measure(shape))
+            count += 1
+    return count
+
+
+def record(table: LatencyTable, shape, name: Callable, flops: Callable, ms: float) -> None:
+    table.measured[name(shape)] = {"shape": shape.as_dict(), "layers": shape.layers, "flops": int(flops(shape)),
+                                   "ms": round(ms, 4)}  # fmt: skip

@@ -1,0 +1,90 @@
+"""`search` under a measured-latency budget (`--budget latency=5ms`, issue 12 §1): the cost of a shape is its
+batch-1 latency on the target, read from this machine's latency table (`compressor.latency_table`), and the shape
+`search` picks is measured before it is accepted, so the budget is met by a measurement, not by the fit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from compressor.errors import UserError
+from compressor.latency_table import (
+    anchor_shapes,
+    ensure_anchors,
+    measure_shape,
+    open_table,
+    record,
+    save_table,
+)
+from passes.prune_shapes import Shape, ShapeCost
+from passes.search_space import SearchSpace, shape_name
+
+
+class LatencyCost:
+    """ms of a shape on the target: measured when the table has it, else interpolated (and `verify` measures)."""
+
+    measure = "latency"
+
+    def __init__(self, ir, ctx, space: SearchSpace, tied_head_size: int | None, show: Callable[[str], None]) -> None:
+        self.ir, self.ctx, self.show = ir, ctx, show
+        self.flops = ShapeCost(ir, "flops")
+        self.table, self.path, self.source = open_table(ctx.cache_base, ir, ctx.target)
+        anchors = anchor_shapes(space, tied_head_size)
+        missing = [s for s in anchors if shape_name(s) not in self.table.measured]
+        if missing:
+            show(f"search: measuring {len(missing)} anchor shapes on {ctx.target.name} (once per machine)")
+        self.measured_now = ensure_anchors(self.table, anchors, shape_name, self.flops, self.timed)
+        save_table(self.table, self.path)
+
+    def timed(self, shape: Shape) -> float:
+        return measure_shape(self.ir, shape, self.ctx.target, self.ctx.scratch)
+
+    def __call__(self, shape: Shape) -> float:
+        return round(self.table.predict(shape_name(shape), shape.layers, self.flops(shape)), 4)
+
+    def verify(self, shape: Shape) -> float:
+        """The shape's measured latency (measured now unless the table has it), kept in the table."""
+        name = shape_name(shape)
+        if name not in self.table.measured:
+            record(self.table, shape, shape_name, self.flops, self.timed(shape))
+            self.measured_now += 1
+            save_table(self.table, self.path)
+        return float(self.table.measured[name]["ms"])
+
+    def smallest_check(self, space: SearchSpace, target_ms: float) -> None:
+        """A budget under the smallest anchor's measured latency cannot be met: say what the floor is."""
+        fastest = min(row["ms"] for row in self.table.measured.values())
+        if fastest > target_ms:
+            raise UserError(
+                f"budget latency={target_ms:g}ms: even the smallest student shape measured {fastest:.3f} ms on this "
+                f"machine ({self.ctx.target.name} target, batch 1, sequence {self.ctx.target.latency_seq})"
+            )
+
+    def summary(self) -> dict:
+        coef, error = self.table.fit()
+        return {
+            "table": str(self.path),
+            "table_source": self.source,
+            "measured_now": self.measured_now,
+            "measured_shapes": len(self.table.measured),
+            "fit_ms": {"c0": round(coef[0], 4), "per_layer": round(coef[1], 5), "per_mflop": round(coef[2], 6)},
+            "fit_max_relative_error": round(error, 4),
+            "machine": self.table.machine,
+            "seq": self.ctx.target.latency_seq,
+        }
+
+
+def verified_best(scored: dict[Shape, float], cost: LatencyCost, target_ms: float, tries: int = 4) -> Shape:
+    """The best-scoring shape whose measured latency meets the budget: the best by score is measured; if it is over
+    (the fit was optimistic) it is dropped, and the next best still predicted to fit is tried, `tries` times."""
+    remaining = dict(scored)
+    for _ in range(tries):
+        if not remaining:
+            break
+        best = max(remaining, key=lambda s: remaining[s])
+        if cost.verify(best) <= target_ms:
+            return best
+        remaining = {s: v for s, v in remaining.items() if s != best and cost(s) <= target_ms}
+    raise UserError(
+        f"budget latency={target_ms:g}ms: no shape the fit predicted under budget measured under it "
+        f"({tries} tried on this machine); give a larger budget"
+    )

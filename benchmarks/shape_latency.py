@@ -2,7 +2,7 @@
 
 Latency depends on the shape, not on the weights' values, so each distinct shape of the result (ours, depth-only,
 Torch-Pruning) is built with random weights, exported by Optimum as the export pass does and timed through ONNX
-Runtime on the cpu target (`compressor.latency_table.measure_shape`: batch 1, the target's sequence length, p50),
+Runtime on the cpu target (`passes.search_latency.measure_shape`: batch 1, the target's sequence length, p50),
 beside the teacher's shape. Prints one JSON object; `--out` also writes it.
 
     python benchmarks/shape_latency.py --teacher /tmp/smollm2 --results benchmarks/results/prune_smollm2_50.json \\
@@ -17,8 +17,9 @@ import tempfile
 from pathlib import Path
 
 from compressor.ir import ModelIR
-from compressor.latency_table import machine_fingerprint, measure_shape
+from compressor.latency_table import machine_fingerprint
 from passes.prune_shapes import Shape, ShapeCost, shape_of
+from passes.search_latency import measure_shape
 from passes.search_space import shape_name
 from targets import get_target
 

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,17 +72,15 @@ def target_fingerprint(target) -> dict:
     }
 
 
-def family_signature(ir) -> dict:
-    """The teacher facts (besides the shape) a student's latency depends on."""
-    from passes.prune_shapes import shape_of
-
+def family_signature(ir, teacher_shape: dict) -> dict:
+    """The teacher facts a student's latency depends on: its family, vocabulary, head size and shape."""
     config = ir.config
     return {
         "model_type": str(config.model_type),
         "task": ir.task,
         "vocab": int(config.vocab_size),
         "head_dim": ir.adapter.attention_shape(config)[2],
-        "teacher_shape": shape_of(ir).as_dict(),
+        "teacher_shape": teacher_shape,
     }
 
 
@@ -143,9 +140,9 @@ def table_path(cache_root: Path, target: dict, family: dict) -> Path:
     return Path(cache_root) / "latency" / f"{family['model_type']}-{target['name']}-{digest}.json"
 
 
-def open_table(cache_root: Path, ir, target) -> tuple[LatencyTable, Path, str]:
+def open_table(cache_root: Path, ir, target, teacher_shape: dict) -> tuple[LatencyTable, Path, str]:
     """The cached table for `ir`'s family on `target` and this machine, or an empty one; and what happened."""
-    machine, tgt, family = machine_fingerprint(), target_fingerprint(target), family_signature(ir)
+    machine, tgt, family = machine_fingerprint(), target_fingerprint(target), family_signature(ir, teacher_shape)
     path = table_path(cache_root, tgt, family)
     if not path.exists():
         return LatencyTable(machine, tgt, family), path, "measured (no cached table)"
@@ -159,48 +156,6 @@ def open_table(cache_root: Path, ir, target) -> tuple[LatencyTable, Path, str]:
 def save_table(table: LatencyTable, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, table.as_json())
-
-
-def measure_shape(ir, shape, target, scratch: Path, runs: int = 30) -> float:
-    """Batch-1 p50 latency (ms) of `ir`'s family at `shape`, random weights, exported by Optimum, on `target`."""
-    import torch
-    from optimum.exporters.onnx import main_export
-
-    from compressor.onnx.bench import measure_session
-    from compressor.onnx.check import open_session
-    from passes.export import export_task
-    from passes.prune_shapes import config_of
-
-    config = config_of(ir, shape)
-    folder = Path(scratch) / "latency-shape"
-    shutil.rmtree(folder, ignore_errors=True)
-    torch.manual_seed(0)
-    model = ir.adapter.model_class(config)._from_config(config)
-    model.save_pretrained(folder / "hf", safe_serialization=True)
-    main_export(str(folder / "hf"), folder / "onnx", task=export_task(ir, "auto"), do_validation=False,
-                local_files_only=True, library_name="transformers")  # fmt: skip
-    session = open_session(folder / "onnx" / "model.onnx", target.available_providers(), target.session_options())
-    figures = measure_session(session, ir.task == "causal-lm", int(config.vocab_size), target.latency_seq, 1,
-                              warmup=3, runs=runs)  # fmt: skip
-    shutil.rmtree(folder, ignore_errors=True)
-    return float(figures["latency"]["p50_ms"])
-
-
-def anchor_shapes(space, tied_head_size: int | None = None) -> list:
-    """Shapes spanning the space: full, half and one layer, each at full and at about half width."""
-    from passes.prune_shapes import scaled
-
-    teacher = space.teacher
-    narrow = scaled(teacher, tuple(a for a in ("heads", "ffn", "hidden") if a in space.cuttable), 0.5,
-                    tied_head_size)  # fmt: skip
-    layer_counts = sorted({teacher.layers, max(1, teacher.layers // 2), 1}, reverse=True)
-    shapes = []
-    for width in (teacher, narrow):
-        for layers in layer_counts:
-            shape = type(teacher)(layers, width.heads, width.kv_heads, width.ffn, width.hidden)
-            if shape not in shapes:
-                shapes.append(shape)
-    return shapes
 
 
 def ensure_anchors(

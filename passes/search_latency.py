@@ -4,19 +4,56 @@ batch-1 latency on the target, read from this machine's latency table (`compress
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from compressor.errors import UserError
-from compressor.latency_table import (
-    anchor_shapes,
-    ensure_anchors,
-    measure_shape,
-    open_table,
-    record,
-    save_table,
-)
-from passes.prune_shapes import Shape, ShapeCost
+from compressor.latency_table import ensure_anchors, open_table, record, save_table
+from passes.prune_shapes import Shape, ShapeCost, shape_of
 from passes.search_space import SearchSpace, shape_name
+
+
+def measure_shape(ir, shape, target, scratch: Path, runs: int = 30) -> float:
+    """Batch-1 p50 latency (ms) of `ir`'s family at `shape`, random weights, exported by Optimum, on `target`."""
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    from compressor.onnx.bench import measure_session
+    from compressor.onnx.check import open_session
+    from passes.export import export_task
+    from passes.prune_shapes import config_of
+
+    config = config_of(ir, shape)
+    folder = Path(scratch) / "latency-shape"
+    shutil.rmtree(folder, ignore_errors=True)
+    torch.manual_seed(0)
+    model = ir.adapter.model_class(config)._from_config(config)
+    model.save_pretrained(folder / "hf", safe_serialization=True)
+    main_export(str(folder / "hf"), folder / "onnx", task=export_task(ir, "auto"), do_validation=False,
+                local_files_only=True, library_name="transformers")  # fmt: skip
+    session = open_session(folder / "onnx" / "model.onnx", target.available_providers(), target.session_options())
+    figures = measure_session(session, ir.task == "causal-lm", int(config.vocab_size), target.latency_seq, 1,
+                              warmup=3, runs=runs)  # fmt: skip
+    shutil.rmtree(folder, ignore_errors=True)
+    return float(figures["latency"]["p50_ms"])
+
+
+def anchor_shapes(space, tied_head_size: int | None = None) -> list:
+    """Shapes spanning the space: full, half and one layer, each at full and at about half width."""
+    from passes.prune_shapes import scaled
+
+    teacher = space.teacher
+    narrow = scaled(teacher, tuple(a for a in ("heads", "ffn", "hidden") if a in space.cuttable), 0.5,
+                    tied_head_size)  # fmt: skip
+    layer_counts = sorted({teacher.layers, max(1, teacher.layers // 2), 1}, reverse=True)
+    shapes = []
+    for width in (teacher, narrow):
+        for layers in layer_counts:
+            shape = type(teacher)(layers, width.heads, width.kv_heads, width.ffn, width.hidden)
+            if shape not in shapes:
+                shapes.append(shape)
+    return shapes
 
 
 class LatencyCost:
@@ -27,7 +64,7 @@ class LatencyCost:
     def __init__(self, ir, ctx, space: SearchSpace, tied_head_size: int | None, show: Callable[[str], None]) -> None:
         self.ir, self.ctx, self.show = ir, ctx, show
         self.flops = ShapeCost(ir, "flops")
-        self.table, self.path, self.source = open_table(ctx.cache_base, ir, ctx.target)
+        self.table, self.path, self.source = open_table(ctx.cache_base, ir, ctx.target, shape_of(ir).as_dict())
         anchors = anchor_shapes(space, tied_head_size)
         missing = [s for s in anchors if shape_name(s) not in self.table.measured]
         if missing:

@@ -517,7 +517,7 @@ def test_recipe_typo_names_the_key(capsys, out, tmp_path, tiny_dirs):
         ("teachr: x\n", "teachr: unknown key"),
         ("target: tpu\n", "target"),
         ("gates: {min_quality_retention: 2}\n", "gates.min_quality_retention"),
-        ("budget: {layers: 0.5, params: 0.5}\n", "either layers or params"),
+        ("budget: {layers: 0.5, params: 0.5}\n", "give one of layers, params, flops or latency"),
         ("passes: [shrink: {}]\n", "unknown pass 'shrink'"),
         ("passes: [{inherit: {}, distill: {}}]\n", "one-key mapping"),
         ("passes: [{distill: !!python/object:os.system {}}]\n", "not valid YAML"),

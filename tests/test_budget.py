@@ -22,7 +22,7 @@ def test_layer_budgets():
 def test_a_budget_outside_zero_to_one_or_of_both_kinds_is_refused_when_made():
     with pytest.raises(ValidationError, match="greater than 0"):
         Budget(layers=0.0)
-    with pytest.raises(ValidationError, match="either layers or params or flops"):
+    with pytest.raises(ValidationError, match="give one of layers, params, flops or latency, not more than one"):
         Budget(layers=0.5, params=0.5)
 
 

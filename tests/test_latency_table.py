@@ -11,6 +11,7 @@ from compressor.errors import UserError
 from compressor.ir import ModelIR
 from compressor.latency_table import LatencyTable, TableMismatch, ensure_anchors, open_table, save_table
 from passes.prune_shapes import Shape, ShapeCost, shape_of
+from passes.search_latency import anchor_shapes, measure_shape
 from passes.search_space import SearchSpace, shape_name
 from targets import get_target
 
@@ -46,11 +47,11 @@ def test_the_table_is_reused_from_its_cache_and_refused_for_another_machine_or_t
         return linear_ms(shape, flops)
 
     anchors = [shape_of(ir), Shape(1, *list(shape_of(ir).as_dict().values())[1:])]
-    table, path, source = open_table(tmp_path, ir, cpu)
+    table, path, source = open_table(tmp_path, ir, cpu, shape_of(ir).as_dict())
     assert source.startswith("measured") and ensure_anchors(table, anchors, shape_name, flops, measure) == 2
     save_table(table, path)
 
-    again, _, source = open_table(tmp_path, ir, cpu)
+    again, _, source = open_table(tmp_path, ir, cpu, shape_of(ir).as_dict())
     assert source.startswith("reused") and ensure_anchors(again, anchors, shape_name, flops, measure) == 0
     assert len(calls) == 2  # nothing measured twice
 
@@ -60,7 +61,7 @@ def test_the_table_is_reused_from_its_cache_and_refused_for_another_machine_or_t
     with pytest.raises(TableMismatch, match="another target .*threads"):
         LatencyTable.load(path, again.machine, {**again.target, "threads": 1}, again.family)
     monkeypatch.setattr(latency_table, "machine_fingerprint", lambda: moved)
-    fresh, _, source = open_table(tmp_path, ir, cpu)
+    fresh, _, source = open_table(tmp_path, ir, cpu, shape_of(ir).as_dict())
     assert "refused" in source and fresh.measured == {}  # a foreign table is measured again, never used
     assert json.loads(path.read_text())["machine"] != moved  # ... and was not trusted for this run
 
@@ -68,7 +69,7 @@ def test_the_table_is_reused_from_its_cache_and_refused_for_another_machine_or_t
 def test_the_table_is_measured_through_onnx_runtime(tiny_dirs, tmp_path):
     ir = ModelIR.load(tiny_dirs["llama"])
     small = Shape(1, *list(shape_of(ir).as_dict().values())[1:])
-    ms = latency_table.measure_shape(ir, small, get_target("cpu"), tmp_path, runs=3)
+    ms = measure_shape(ir, small, get_target("cpu"), tmp_path, runs=3)
     assert 0 < ms < 1000
 
 
@@ -86,6 +87,6 @@ def test_latency_budgets_parse_as_users_write_them_and_need_search():
 def test_anchor_shapes_span_depth_and_width(tiny_dirs):
     ir = ModelIR.load(tiny_dirs["llama"])
     teacher = shape_of(ir)
-    anchors = latency_table.anchor_shapes(SearchSpace(teacher))
+    anchors = anchor_shapes(SearchSpace(teacher))
     assert teacher in anchors and min(a.layers for a in anchors) == 1
     assert any(a.ffn < teacher.ffn and a.hidden < teacher.hidden for a in anchors)

@@ -29,7 +29,7 @@ def test_a_good_recipe_validates(tmp_path):
         ({"passes": [{"lora_kd": {"rank": 4}}]}, "rank: this setting is now lora.rank"),
         ({"budegt": {"layers": 0.5}}, "budegt: unknown key"),
         ({"budget": {"layers": 0}}, "budget.layers"),
-        ({"budget": {"layers": 0.5, "params": 0.5}}, "either layers or params"),
+        ({"budget": {"layers": 0.5, "params": 0.5}}, "give one of layers, params, flops or latency"),
         ({"target": "tpu"}, "target"),
         ({"passes": [{"prune_everything": {}}]}, "unknown pass 'prune_everything'"),
         ({"passes": [{"inherit": {}, "distill": {}}]}, "one-key mapping"),

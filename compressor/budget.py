@@ -4,14 +4,13 @@ recipe, the command line and the passes (DESIGN §6)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compressor.errors import UserError
-from compressor.kd.budget import parse_duration, parse_tokens
+from compressor.kd.budget import parse_duration, parse_tokens, scaled_number
 
 if TYPE_CHECKING:
     from compressor.ir import ModelIR
@@ -149,10 +148,9 @@ BUDGET_FORMS = "a parameter share such as 0.5, or params=0.5, params=60M, flops=
 
 def parse_latency(text: str, what: str = "--budget") -> float:
     """`5ms`, `5` (milliseconds), `800us` or `0.5s` → milliseconds (> 0)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*(ms|us|µs|s)?\s*", str(text).lower())
-    if not match:
+    value = scaled_number(text, LATENCY_SUFFIX, r"(?:e-?[0-9]+)?")
+    if value is None:
         raise UserError(f"{what} latency={text}: expected a time such as 5ms, 800us or 0.5s")
-    value = float(match.group(1)) * LATENCY_SUFFIX[match.group(2) or ""]
     if value <= 0:
         raise UserError(f"{what} latency={text}: must be more than 0 ms")
     return value

@@ -84,6 +84,16 @@ def family_signature(ir, teacher_shape: dict) -> dict:
     }
 
 
+def least_squares(rows: list[dict]) -> tuple[list[float], float]:
+    import numpy as np
+
+    x = np.array([[1.0, r["layers"], r["flops"] / 1e6] for r in rows])
+    y = np.array([r["ms"] for r in rows])
+    coef = np.linalg.lstsq(x, y, rcond=None)[0]
+    error = float(np.max(np.abs(x @ coef - y) / y)) if len(rows) else 0.0
+    return [float(c) for c in coef], error
+
+
 @dataclass
 class LatencyTable:
     """Measured milliseconds per shape name, with the machine, target and family they were measured for."""
@@ -92,17 +102,14 @@ class LatencyTable:
     target: dict
     family: dict
     measured: dict[str, dict] = field(default_factory=dict)  # name -> {"shape", "layers", "flops", "ms"}
+    _fit: tuple[int, tuple[list[float], float]] | None = field(default=None, repr=False, compare=False)
 
     def fit(self) -> tuple[list[float], float]:
-        """Least-squares (c0, c1, c2) of ms ≈ c0 + c1·layers + c2·flops, and the largest relative anchor error."""
-        import numpy as np
-
-        rows = list(self.measured.values())
-        x = np.array([[1.0, r["layers"], r["flops"] / 1e6] for r in rows])
-        y = np.array([r["ms"] for r in rows])
-        coef = np.linalg.lstsq(x, y, rcond=None)[0]
-        error = float(np.max(np.abs(x @ coef - y) / y)) if len(rows) else 0.0
-        return [float(c) for c in coef], error
+        """Least-squares (c0, c1, c2) of ms ≈ c0 + c1·layers + c2·flops, and the largest relative anchor error.
+        Shapes are only ever added, so the fit is kept until the table grows (a search predicts thousands)."""
+        if self._fit is None or self._fit[0] != len(self.measured):
+            self._fit = (len(self.measured), least_squares(list(self.measured.values())))
+        return self._fit[1]
 
     def predict(self, name: str, layers: int, flops: int) -> float:
         """The measured latency of `name`, else the interpolated one (ms)."""
@@ -124,8 +131,8 @@ class LatencyTable:
             raise TableMismatch(f"{path}: not a readable latency table ({exc})") from None
         if raw.get("version") != VERSION:
             raise TableMismatch(f"{path}: latency table version {raw.get('version')!r}, expected {VERSION}")
-        for what, mine in (("machine", machine), ("target", target), ("model family", family)):
-            key = "family" if what == "model family" else what
+        for what, key, mine in (("machine", "machine", machine), ("target", "target", target),
+                                ("model family", "family", family)):  # fmt: skip
             if raw.get(key) != mine:
                 theirs = raw.get(key) or {}
                 differing = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))

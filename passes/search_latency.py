@@ -70,7 +70,8 @@ class LatencyCost:
         if missing:
             show(f"search: measuring {len(missing)} anchor shapes on {ctx.target.name} (once per machine)")
         self.measured_now = ensure_anchors(self.table, anchors, shape_name, self.flops, self.timed)
-        save_table(self.table, self.path)
+        if self.measured_now:
+            save_table(self.table, self.path)
 
     def timed(self, shape: Shape) -> float:
         return measure_shape(self.ir, shape, self.ctx.target, self.ctx.scratch)

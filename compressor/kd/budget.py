@@ -22,12 +22,20 @@ SIZE_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 TIME_SUFFIX = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
 
 
+def scaled_number(text: str | int | float, suffixes: dict[str, float], exponent: str = "") -> float | None:
+    """A number with an optional unit suffix (`12.3M`, `90s`, `800us`), scaled by its factor in `suffixes`
+    (the key "" is the bare number); `exponent` is the regex of an allowed exponent. None when it does not parse."""
+    units = "|".join(re.escape(u) for u in sorted(suffixes, key=len, reverse=True) if u)
+    match = re.fullmatch(rf"\s*([0-9]*\.?[0-9]+{exponent})\s*({units})?\s*", str(text).lower())
+    return None if match is None else float(match.group(1)) * suffixes[match.group(2) or ""]
+
+
 def parse_tokens(text: str | int | float, what: str = "--train-tokens") -> int:
     """`12.3M`, `500k`, `2e6` or `1000000` → a token count (> 0)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgb]?)\s*", str(text).lower())
-    if not match:
+    number = scaled_number(text, SIZE_SUFFIX, r"(?:e[0-9]+)?")
+    if number is None:
         raise UserError(f"{what} {text!r}: expected a token count such as 2000000, 500k or 12.3M")
-    value = int(float(match.group(1)) * SIZE_SUFFIX[match.group(2)])
+    value = int(number)
     if value <= 0:
         raise UserError(f"{what} {text!r}: must be more than 0 tokens")
     return value
@@ -35,10 +43,9 @@ def parse_tokens(text: str | int | float, what: str = "--train-tokens") -> int:
 
 def parse_duration(text: str | int | float, what: str = "--time-budget") -> float:
     """`30m`, `1.5h`, `90s` or `90` (seconds) → seconds (> 0)."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", str(text).lower())
-    if not match:
+    value = scaled_number(text, TIME_SUFFIX)
+    if value is None:
         raise UserError(f"{what} {text!r}: expected a duration such as 90s, 30m or 1.5h")
-    value = float(match.group(1)) * TIME_SUFFIX[match.group(2) or ""]
     if value <= 0:
         raise UserError(f"{what} {text!r}: must be longer than 0 s")
     return value

@@ -1,7 +1,8 @@
 """Structured pruning against the peers at the same parameter count: our estimators (magnitude, activation,
-Taylor), PCA hidden projection, DPHuBERT joint pruning, the depth-only student, and Torch-Pruning's LLM recipe
-(magnitude, Taylor). Held-out perplexity right after pruning and after the same KD recovery budget; params,
-FLOPs/token and ONNX CPU latency of every pruned model. Prints one JSON object.
+Taylor), PCA hidden projection, DPHuBERT joint pruning, the depth-only student, Torch-Pruning's LLM recipe
+(magnitude, Taylor), and the `search` pass's shape at its defaults (method `search`). Held-out perplexity right
+after pruning and after the same KD recovery budget; params, FLOPs/token and ONNX CPU latency of every pruned
+model. Prints one JSON object.
 
     python benchmarks/prune.py --teacher ../shared/models/stories260K --data ../shared/data/tinystories_dev.txt
     python benchmarks/smollm2.py --out /tmp/smollm2
@@ -34,6 +35,7 @@ from passes.base import PassContext
 from passes.distill import Distill, DistillConfig
 from passes.inherit import Inherit, InheritConfig
 from passes.prune import Prune, PruneConfig
+from passes.search import Search, SearchConfig
 from targets import get_target
 
 OURS = {
@@ -76,6 +78,15 @@ def prune_ours(teacher: ModelIR, corpus, scratch: Path, share: float, name: str,
         info["untrained"] = Prune(PruneConfig(**given)).run(teacher, context(teacher, corpus, scratch, Budget(), 0,
                                                                              f"{name}-given"))  # fmt: skip
     return student, info
+
+
+def search_shape(teacher: ModelIR, corpus, scratch: Path, share: float) -> tuple[ModelIR, dict]:
+    """The `search` pass at its defaults (score auto, 300 s), realised by inheritance, untrained."""
+    ctx = context(teacher, corpus, scratch, Budget(params=share), 0, "search")
+    student = Search(SearchConfig()).run(teacher, ctx)
+    metrics = ctx.metrics
+    keys = ("chosen", "score", "score_why", "strategy", "scored", "seconds", "seconds_per_score", "stopped_by_time")
+    return student, {"shape": metrics["shape_after"], "search": {k: metrics[k] for k in keys}}
 
 
 def prune_depth(teacher: ModelIR, corpus, scratch: Path, share: float) -> tuple[ModelIR, dict]:
@@ -228,6 +239,8 @@ def main() -> int:
                     student, info = prune_ours(teacher, corpus, scratch, share, name, args)
                 elif name == "depth":
                     student, info = prune_depth(teacher, corpus, scratch, share)
+                elif name == "search":
+                    student, info = search_shape(teacher, corpus, scratch, share)
                 else:
                     out = scratch / f"{name}-{sparsity}"
                     student, info = prune_tp(args.teacher, target, name.split("_")[1], calibration, out)

@@ -70,6 +70,9 @@ def main() -> int:
     parser.add_argument("--heldout-blocks", type=int, default=200)
     parser.add_argument("--search-seconds", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="rank,students", help="rank: score vs trained quality over the "
+                        "candidates; students: the searched, depth-only and prune-default students")  # fmt: skip
+    parser.add_argument("--seeds", default="0", help="training seeds of the compared students (spread reported)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher = ModelIR.load(args.teacher)
@@ -103,15 +106,23 @@ def main() -> int:
         units = Prune(PruneConfig()).importance(teacher, model, batches)
         scorers = {n: Search(SearchConfig(score=n)).scorer(teacher, model, ctx, batches, units, n) for n in names}
 
-        def train(student: ModelIR, name: str, trained_tokens: int = 0) -> float:
+        def train(student: ModelIR, name: str, trained_tokens: int = 0, seed: int = 0) -> float:
             """`args.steps` of KD less what the student already trained on (the same token budget for all)."""
             steps = max(1, args.steps - round(trained_tokens / (args.batch_size * args.seq_len)))
-            run_ctx = context(teacher, corpus, scratch, Budget(), 0, f"train-{name}")
+            run_ctx = context(teacher, corpus, scratch, Budget(), seed, f"train-{name}-{seed}")
             config = DistillConfig(train=dict(steps=steps, batch_size=args.batch_size, seq_len=args.seq_len,
                                               checkpoint_every=0))  # fmt: skip
             return round(quality(Distill(config).run(student, run_ctx)), 4)
 
-        for shape in candidates:
+        seeds = [int(s) for s in args.seeds.split(",")]
+
+        def seeded(student: ModelIR, name: str, trained_tokens: int = 0) -> dict:
+            """The student trained once per seed: every quality, their mean and spread (max − min)."""
+            values = [train(student, name, trained_tokens, seed) for seed in seeds]
+            mean = round(sum(values) / len(values), 4)
+            return {"trained": mean, "trained_seeds": values, "spread": round(max(values) - min(values), 4)}
+
+        for shape in candidates if "rank" in args.parts else []:
             row = {"shape": shape.as_dict(), "params": cost(shape), "scores": {}, "score_seconds": {}}
             for name, scorer in scorers.items():
                 start = time.perf_counter()
@@ -121,23 +132,28 @@ def main() -> int:
             result["candidates"][shape_name(shape)] = row
             print(f"{shape_name(shape)}: {row}", file=sys.stderr, flush=True)
         rows = result["candidates"].values()
-        result["rank_correlation"] = {
-            n: round(spearman([r["scores"][n] for r in rows], [r["trained"] for r in rows]), 4) for n in names
-        }
+        if rows:
+            result["rank_correlation"] = {
+                n: round(spearman([r["scores"][n] for r in rows], [r["trained"] for r in rows]), 4) for n in names
+            }
+            result["rank_score_seconds"] = {n: round(sum(r["score_seconds"][n] for r in rows), 2) for n in names}
+        if "students" not in args.parts:
+            print(json.dumps(result, indent=2))
+            return 0
         chosen = {}
         for name in names:
             search_ctx = context(teacher, corpus, scratch, budget, 0, f"search-{name}")
             student = Search(SearchConfig(score=name, max_seconds=args.search_seconds)).run(teacher, search_ctx)
-            chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], "trained": train(student, name),
+            chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **seeded(student, name),
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
         depth_ctx = context(teacher, corpus, scratch, budget, 0, "depth")
-        chosen["depth_only"] = {"trained": train(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx),
-                                                 "depth")}  # fmt: skip
+        chosen["depth_only"] = seeded(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx), "depth")
         prune_ctx = context(teacher, corpus, scratch, budget, 0, "prune")
         pruned = Prune(PruneConfig()).run(teacher, prune_ctx)
         ranking = prune_ctx.metrics.get("ranking", {})
         done = ranking.get("tokens_per_candidate", 0) if ranking.get("by") == "kd" else 0
-        chosen["prune_default"] = {"shape": prune_ctx.metrics["chosen"], "trained": train(pruned, "prune", done),
+        chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])),
+                                   "axes": prune_ctx.metrics["chosen"], **seeded(pruned, "prune", done),
                                    "ranked_by": ranking.get("by")}  # fmt: skip
         result["students"] = chosen
     print(json.dumps(result, indent=2))

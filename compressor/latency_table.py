@@ -14,7 +14,9 @@ anchors is kept beside it, and a shape that was measured uses its measurement.
 
 The table is cached per machine and target (`<cache>/latency/`): a later run with the same teacher family, machine
 and target reuses it; a table measured on another machine, or under other target settings, is refused (and
-measured again), never silently used.
+measured again), never silently used. A latency measured while other processes kept the cores busy over-states
+the shape's cost, so each measurement records how busy the machine was (`busy`: the mean number of other runnable
+tasks just before it), and a busy measurement is used by the run that made it but never cached.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +34,8 @@ from pathlib import Path
 from compressor.errors import UserError
 from compressor.fs import write_atomically
 
-VERSION = 1
+VERSION = 2
+BUSY_LIMIT = 0.5  # other runnable tasks per measurement above which it is not kept in the cache
 
 
 class TableMismatch(UserError):
@@ -46,6 +50,25 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def other_runnable_tasks(samples: int = 10, interval: float = 0.02) -> float | None:
+    """Mean number of runnable tasks besides this reader over `samples` reads of /proc/stat (None off Linux).
+    The caller is idle while it samples, so what runs is someone else's work competing for the cores."""
+    import time
+
+    counts = []
+    for _ in range(samples):
+        try:
+            text = Path("/proc/stat").read_text()
+        except OSError:
+            return None
+        found = re.search(r"^procs_running (\d+)", text, re.M)
+        if found is None:
+            return None
+        counts.append(max(0, int(found.group(1)) - 1))
+        time.sleep(interval)
+    return sum(counts) / len(counts)
 
 
 def machine_fingerprint() -> dict:
@@ -118,9 +141,15 @@ class LatencyTable:
         coef, _ = self.fit()
         return max(0.0, coef[0] + coef[1] * layers + coef[2] * flops / 1e6)
 
+    def busy_rows(self) -> list[str]:
+        """Shapes measured while other work kept the cores busy (their latency is over-stated)."""
+        return sorted(n for n, r in self.measured.items() if (r.get("busy") or 0.0) > BUSY_LIMIT)
+
     def as_json(self) -> str:
+        """The table as cached: busy measurements are left out, so the next run measures them again."""
         body = {"version": VERSION, "machine": self.machine, "target": self.target, "family": self.family}
-        return json.dumps({**body, "measured": self.measured}, indent=2)
+        kept = {n: r for n, r in self.measured.items() if n not in set(self.busy_rows())}
+        return json.dumps({**body, "measured": kept}, indent=2)
 
     @classmethod
     def load(cls, path: Path, machine: dict, target: dict, family: dict) -> LatencyTable:
@@ -166,17 +195,22 @@ def save_table(table: LatencyTable, path: Path) -> None:
 
 
 def ensure_anchors(
-    table: LatencyTable, shapes: list, name: Callable, flops: Callable, measure: Callable[[object], float]
+    table: LatencyTable,
+    shapes: list,
+    name: Callable,
+    flops: Callable,
+    measure: Callable[[object], tuple[float, float | None]],
 ) -> int:
-    """Measure every anchor the table lacks; returns how many were measured now."""
+    """Measure every anchor the table lacks (`measure` gives ms and how busy the machine was); returns how many."""
     count = 0
     for shape in shapes:
         if name(shape) not in table.measured:
-            record(table, shape, name, flops, measure(shape))
+            record(table, shape, name, flops, *measure(shape))
             count += 1
     return count
 
 
-def record(table: LatencyTable, shape, name: Callable, flops: Callable, ms: float) -> None:
+def record(table: LatencyTable, shape, name: Callable, flops: Callable, ms: float, busy: float | None = None) -> None:
+    """Keep one measurement; `busy` is how many other tasks were runnable just before it (None: unknown)."""
     table.measured[name(shape)] = {"shape": shape.as_dict(), "layers": shape.layers, "flops": int(flops(shape)),
-                                   "ms": round(ms, 4)}  # fmt: skip
+                                   "ms": round(ms, 4), "busy": None if busy is None else round(busy, 2)}  # fmt: skip

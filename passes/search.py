@@ -57,6 +57,9 @@ class SearchConfig(PassConfig):
     diswot_seeds: int = Field(default=3, ge=1, description="diswot: R init seeds (§1)")
     teacher_init: Literal["random", "pretrained"] = Field(default="random", description="diswot: §1's random teacher")
     kd_steps: int = Field(default=60, ge=1)
+    min_kd_scores: int = Field(
+        default=10, ge=1, description="auto: kd only when a probe projects at least this many kd scores in max_seconds"
+    )
     kd_batch_size: int = Field(default=8, ge=1)
     calibration_batches: int = Field(default=8, ge=1)
     calibration_batch_size: int = Field(default=8, ge=1)
@@ -116,7 +119,9 @@ class Search(Pass):
                                            cfg.seq_len))  # fmt: skip
         model = ir.materialize(ctx.device)
         scores = Prune(PruneConfig()).importance(ir, model, batches)  # every unit scored once, as prune does
-        score_name, why = self.score_kind(ir)
+        seeds = self.seed_shapes(ir, cost, target)
+        probe = seeds[0] if seeds else space.teacher
+        score_name, why = self.score_kind(ir, lambda: self.seconds_per_kd(ir, model, ctx, prune_to(ir, probe, scores)))
         score = self.scorer(ir, model, ctx, batches, scores, score_name)
         started, deadline = time.perf_counter(), time.perf_counter() + cfg.max_seconds
         seconds: list[float] = []
@@ -129,7 +134,6 @@ class Search(Pass):
             seconds.append(time.perf_counter() - begin)
             return value
 
-        seeds = self.seed_shapes(ir, cost, target)
         strategy, scored = self.walk(space, fits, timed, seeds)
         scored = {s: v for s, v in scored.items() if v != float("-inf")}
         if not scored:
@@ -180,15 +184,34 @@ class Search(Pass):
             row["latency_measured"] = shape_name(shape) in cost.table.measured
         return row
 
-    def score_kind(self, ir: ModelIR) -> tuple[str, str]:
+    def score_kind(self, ir: ModelIR, seconds_per_kd) -> tuple[str, str]:
         """The score to use and why: `auto` is the short-KD proxy for causal LMs (its rank correlation with trained
-        quality was 0.93 on stories260K, the inherited score's −0.19; README), else the inherited score."""
+        quality was 0.93 on stories260K, the inherited score's −0.19; README) when this machine can afford
+        `min_kd_scores` of them in `max_seconds` (a 135M teacher on 2 CPU cores cannot: one kd score is minutes),
+        else the inherited score. `seconds_per_kd()` probes the cost of one kd score, only when it matters."""
         cfg: SearchConfig = self.config
         if cfg.score != "auto":
             return cfg.score, "asked for"
-        if ir.task == "causal-lm":
-            return "kd", "auto: causal LM (the short-distillation proxy ranks shapes best)"
-        return "inherited", "auto: the kd proxy distils logits (causal LMs only)"
+        if ir.task != "causal-lm":
+            return "inherited", "auto: the kd proxy distils logits (causal LMs only)"
+        each = seconds_per_kd()
+        if each * cfg.min_kd_scores > cfg.max_seconds:
+            return "inherited", (
+                f"auto: one kd score takes about {each:,.0f} s here, so max_seconds {cfg.max_seconds:g} would score "
+                f"only {int(cfg.max_seconds // max(each, 1e-9))} shapes (< min_kd_scores {cfg.min_kd_scores})"
+            )
+        return "kd", "auto: causal LM (the short-distillation proxy ranks shapes best)"
+
+    def seconds_per_kd(self, ir: ModelIR, model, ctx: PassContext, student_ir: ModelIR) -> float:
+        """Seconds one kd score would take, from 3 timed distillation steps of `student_ir` (a seed shape)."""
+        from compressor.data import lm_blocks
+
+        cfg: SearchConfig = self.config
+        corpus = ctx.require_corpus(self.name)
+        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=3 * cfg.kd_batch_size)
+        settings = ProxySettings(steps=3, batch_size=cfg.kd_batch_size, seed=ctx.seed)
+        run = short_kd(model, student_ir.materialize(ctx.device), blocks, settings, ctx.device)
+        return run["seconds_per_step"] * cfg.kd_steps
 
     @staticmethod
     def seed_shapes(ir: ModelIR, cost, target: float) -> list[Shape]:

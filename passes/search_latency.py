@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compressor.errors import UserError
-from compressor.latency_table import ensure_anchors, open_table, record, save_table
+from compressor.latency_table import BUSY_LIMIT, ensure_anchors, open_table, other_runnable_tasks, record, save_table
 from passes.prune_shapes import Shape, ShapeCost, shape_of
 from passes.search_space import SearchSpace, shape_name
 
@@ -62,7 +62,7 @@ class LatencyCost:
     measure = "latency"
 
     def __init__(self, ir, ctx, space: SearchSpace, tied_head_size: int | None, show: Callable[[str], None]) -> None:
-        self.ir, self.ctx, self.show = ir, ctx, show
+        self.ir, self.ctx, self.show, self.warned_busy = ir, ctx, show, False
         self.flops = ShapeCost(ir, "flops")
         self.table, self.path, self.source = open_table(ctx.cache_base, ir, ctx.target, shape_of(ir).as_dict())
         anchors = anchor_shapes(space, tied_head_size)
@@ -73,8 +73,14 @@ class LatencyCost:
         if self.measured_now:
             save_table(self.table, self.path)
 
-    def timed(self, shape: Shape) -> float:
-        return measure_shape(self.ir, shape, self.ctx.target, self.ctx.scratch)
+    def timed(self, shape: Shape) -> tuple[float, float | None]:
+        """The shape's latency and how busy the machine was just before it was measured (warned once when busy)."""
+        busy = other_runnable_tasks()
+        if busy is not None and busy > BUSY_LIMIT and not self.warned_busy:
+            self.warned_busy = True
+            self.show(f"search: warning: {busy:.1f} other tasks were runnable while measuring latency; these "
+                      "measurements over-state it and are not cached (measure on an idle machine)")  # fmt: skip
+        return measure_shape(self.ir, shape, self.ctx.target, self.ctx.scratch), busy
 
     def __call__(self, shape: Shape) -> float:
         return round(self.table.predict(shape_name(shape), shape.layers, self.flops(shape)), 4)
@@ -83,7 +89,7 @@ class LatencyCost:
         """The shape's measured latency (measured now unless the table has it), kept in the table."""
         name = shape_name(shape)
         if name not in self.table.measured:
-            record(self.table, shape, shape_name, self.flops, self.timed(shape))
+            record(self.table, shape, shape_name, self.flops, *self.timed(shape))
             self.measured_now += 1
             save_table(self.table, self.path)
         return float(self.table.measured[name]["ms"])
@@ -106,6 +112,7 @@ class LatencyCost:
             "measured_shapes": len(self.table.measured),
             "fit_ms": {"c0": round(coef[0], 4), "per_layer": round(coef[1], 5), "per_mflop": round(coef[2], 6)},
             "fit_max_relative_error": round(error, 4),
+            "measured_busy": self.table.busy_rows(),
             "machine": self.table.machine,
             "seq": self.ctx.target.latency_seq,
         }

@@ -41,6 +41,12 @@ def search_lines(metrics: dict) -> list[str]:
             f"{latency['fit_max_relative_error']:.1%}).",
             "",
         ]
+        if latency.get("measured_busy"):
+            lines += [
+                f"**Measured on a busy machine**: other tasks were runnable while {len(latency['measured_busy'])} "
+                "shapes were timed, so their latency is over-stated; they were not cached. Measure on an idle machine.",
+                "",
+            ]
     extra = " ms |" if latency else ""
     lines += [
         f"| candidate | layers | heads | FFN | hidden | params | FLOPs/token |{extra} score | front |",

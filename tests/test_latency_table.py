@@ -26,7 +26,7 @@ def test_the_fit_reproduces_a_linear_latency_law_and_a_measured_shape_uses_its_m
     table = LatencyTable({}, {}, {})
     shapes = [Shape(layers, teacher.heads, teacher.kv_heads, ffn, teacher.hidden) for layers in (1, 2, 3)
               for ffn in (8, teacher.ffn)]  # fmt: skip
-    ensure_anchors(table, shapes, shape_name, flops, lambda s: linear_ms(s, flops))
+    ensure_anchors(table, shapes, shape_name, flops, lambda s: (linear_ms(s, flops), 0.0))
     coef, error = table.fit()
     assert error < 1e-3 and coef[1] == pytest.approx(0.05, abs=1e-3)  # exact but for the 1e-4 ms rounding
     unseen = Shape(2, teacher.heads, teacher.kv_heads, 24, teacher.hidden)
@@ -44,7 +44,7 @@ def test_the_table_is_reused_from_its_cache_and_refused_for_another_machine_or_t
 
     def measure(shape):
         calls.append(shape)
-        return linear_ms(shape, flops)
+        return linear_ms(shape, flops), 0.0
 
     anchors = [shape_of(ir), Shape(1, *list(shape_of(ir).as_dict().values())[1:])]
     table, path, source = open_table(tmp_path, ir, cpu, shape_of(ir).as_dict())
@@ -64,6 +64,24 @@ def test_the_table_is_reused_from_its_cache_and_refused_for_another_machine_or_t
     fresh, _, source = open_table(tmp_path, ir, cpu, shape_of(ir).as_dict())
     assert "refused" in source and fresh.measured == {}  # a foreign table is measured again, never used
     assert json.loads(path.read_text())["machine"] != moved  # ... and was not trusted for this run
+
+
+def test_a_measurement_taken_while_the_machine_was_busy_is_used_but_never_cached(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    flops, cpu = ShapeCost(ir, "flops"), get_target("cpu")
+    teacher = shape_of(ir)
+    quiet, loaded = teacher, Shape(1, teacher.heads, teacher.kv_heads, teacher.ffn, teacher.hidden)
+    table, path, _ = open_table(tmp_path, ir, cpu, teacher.as_dict())
+    ensure_anchors(table, [quiet, loaded], shape_name, flops, lambda s: (1.0, 0.0 if s == quiet else 1.5))
+    assert table.busy_rows() == [shape_name(loaded)] and len(table.measured) == 2  # this run still uses both
+    save_table(table, path)
+    again, _, _ = open_table(tmp_path, ir, cpu, teacher.as_dict())
+    assert list(again.measured) == [shape_name(quiet)]  # the busy one will be measured again next time
+
+
+def test_other_runnable_tasks_reads_the_kernel_counter():
+    busy = latency_table.other_runnable_tasks(samples=3, interval=0.0)
+    assert busy is None or busy >= 0.0
 
 
 def test_the_table_is_measured_through_onnx_runtime(tiny_dirs, tmp_path):

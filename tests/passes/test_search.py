@@ -77,3 +77,13 @@ def test_search_refuses_what_it_cannot_do(tiny_dirs):
         Search().check(ModelIR.load(tiny_dirs["mixtral"]), Budget(params=0.5))
     with pytest.raises(UserError, match="no uniform shape"):
         Search().check(ir, Budget(params=0.01))
+
+
+def test_the_auto_score_falls_back_to_inherited_when_kd_scores_would_not_fit_the_time(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    small = dict(calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1, min_budget_use=0.9,
+                 kd_steps=2, kd_batch_size=2)  # fmt: skip
+    _, roomy = search(ir, tmp_path / "roomy", Budget(params=0.7), score="auto", min_kd_scores=1, **small)
+    assert roomy["score"] == "kd" and roomy["score_why"].startswith("auto: causal LM")
+    _, tight = search(ir, tmp_path / "tight", Budget(params=0.7), score="auto", min_kd_scores=10**9, **small)
+    assert tight["score"] == "inherited" and "min_kd_scores" in tight["score_why"]

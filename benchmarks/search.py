@@ -73,6 +73,9 @@ def main() -> int:
     parser.add_argument("--parts", default="rank,students", help="rank: score vs trained quality over the "
                         "candidates; students: the searched, depth-only and prune-default students")  # fmt: skip
     parser.add_argument("--seeds", default="0", help="training seeds of the compared students (spread reported)")
+    parser.add_argument("--trained-from", type=Path, help="an earlier JSON of this benchmark with the same training "
+                        "budget and seeds: its trained qualities (candidates, depth-only, prune default) are reused "
+                        "instead of training again, so another score can be added cheaply")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher = ModelIR.load(args.teacher)
@@ -89,10 +92,14 @@ def main() -> int:
         return -perplexity(model, held) if lm else sts_spearman(model, tokenizer, sts_rows)
 
     budget = Budget(params=args.budget)
-    names = [s for s in args.scores.split(",") if lm or s == "inherited"]
+    names = [s for s in args.scores.split(",") if lm or s != "diswot"]
     tokens = args.steps * args.batch_size * args.seq_len
     result = {"teacher": args.teacher, "budget_params": args.budget, "train_tokens_each": tokens,
               "teacher_quality": round(quality(teacher), 4), "candidates": {}}  # fmt: skip
+    earlier = json.loads(args.trained_from.read_text()) if args.trained_from else {}
+    if earlier and earlier.get("train_tokens_each") != tokens:
+        sys.exit(f"--trained-from {args.trained_from}: trained with {earlier.get('train_tokens_each')} tokens each, "
+                 f"not {tokens}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         ctx = context(teacher, corpus, scratch, budget, 0, "scores")
@@ -116,9 +123,12 @@ def main() -> int:
 
         seeds = [int(s) for s in args.seeds.split(",")]
 
-        def seeded(student: ModelIR, name: str, trained_tokens: int = 0) -> dict:
+        def seeded(student: ModelIR, name: str, trained_tokens: int = 0, reuse: str | None = None) -> dict:
             """The student trained once per seed: every quality, their mean and spread (max − min)."""
-            values = [train(student, name, trained_tokens, seed) for seed in seeds]
+            before = earlier.get("students", {}).get(reuse or "", {})
+            values = before.get("trained_seeds") or ([before["trained"]] if "trained" in before else None)
+            if values is None or len(values) != len(seeds):
+                values = [train(student, name, trained_tokens, seed) for seed in seeds]
             mean = round(sum(values) / len(values), 4)
             return {"trained": mean, "trained_seeds": values, "spread": round(max(values) - min(values), 4)}
 
@@ -128,7 +138,8 @@ def main() -> int:
                 start = time.perf_counter()
                 row["scores"][name] = round(scorer(shape), 6)
                 row["score_seconds"][name] = round(time.perf_counter() - start, 2)
-            row["trained"] = train(prune_to(teacher, shape, units), shape_name(shape))
+            reused = earlier.get("candidates", {}).get(shape_name(shape), {}).get("trained")
+            row["trained"] = reused if reused is not None else train(prune_to(teacher, shape, units), shape_name(shape))
             result["candidates"][shape_name(shape)] = row
             print(f"{shape_name(shape)}: {row}", file=sys.stderr, flush=True)
         rows = result["candidates"].values()
@@ -147,14 +158,15 @@ def main() -> int:
             chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **seeded(student, name),
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
         depth_ctx = context(teacher, corpus, scratch, budget, 0, "depth")
-        chosen["depth_only"] = seeded(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx), "depth")
+        chosen["depth_only"] = seeded(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx), "depth",
+                                      reuse="depth_only")  # fmt: skip
         prune_ctx = context(teacher, corpus, scratch, budget, 0, "prune")
         pruned = Prune(PruneConfig()).run(teacher, prune_ctx)
         ranking = prune_ctx.metrics.get("ranking", {})
         done = ranking.get("tokens_per_candidate", 0) if ranking.get("by") == "kd" else 0
+        trained = seeded(pruned, "prune", done, "prune_default")
         chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])),
-                                   "axes": prune_ctx.metrics["chosen"], **seeded(pruned, "prune", done),
-                                   "ranked_by": ranking.get("by")}  # fmt: skip
+                                   "axes": prune_ctx.metrics["chosen"], **trained, "ranked_by": ranking.get("by")}  # fmt: skip
         result["students"] = chosen
     print(json.dumps(result, indent=2))
     return 0

@@ -54,21 +54,55 @@ def batch_kl(teacher, student, ids: torch.Tensor, autocast) -> torch.Tensor:
 
 def short_kd(teacher, student, blocks: torch.Tensor, settings: ProxySettings, device: torch.device) -> dict:
     """Distil `student` in place from `teacher` for `settings.steps` steps on `blocks` [N, S] (cycled in a seeded
-    order, the same for every candidate). Returns the steps run, the tokens seen, the seconds per step and the
-    mean loss of the last tenth of the steps."""
-    torch.manual_seed(settings.seed)
+    order, the same for every candidate; forward KL on the logits). Returns the steps run, the tokens seen, the
+    seconds per step and the mean loss of the last tenth of the steps."""
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(settings.seed))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+    def loss(step: int) -> torch.Tensor:
+        return batch_kl(teacher, student, cycled_batch(blocks, order, step, settings.batch_size).to(device), autocast)
+
+    return {**train_steps(student, loss, settings), "tokens": settings.steps * settings.batch_size * blocks.shape[1]}
+
+
+def short_kd_encoder(
+    teacher, student, texts: list[str], tokenizer, settings: ProxySettings, device: torch.device, max_len: int
+) -> dict:
+    """The encoder form of `short_kd`: `settings.steps` steps of the distill pass's encoder loss (embedding cosine
+    and hidden MSE, or the similarity relations when the student is narrower) on `texts`, cycled in a seeded order
+    the same for every candidate. Returns what `short_kd` does, tokens counted without padding."""
+    from compressor.data import encode_sentences
+    from compressor.kd.losses import encoder_kd_loss
+
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(settings.seed))
+    seen = [0]
+
+    def loss(step: int) -> torch.Tensor:
+        first = (step * settings.batch_size) % max(len(texts) - settings.batch_size + 1, 1)
+        chosen = [texts[int(i)] for i in order[first : first + settings.batch_size]]
+        batch = {k: v.to(device) for k, v in encode_sentences(tokenizer, chosen, max_len).items()}
+        seen[0] += int(batch["attention_mask"].sum())
+        with torch.no_grad():
+            target = teacher(**batch, output_hidden_states=True).hidden_states[-1]
+        hidden = student(**batch, output_hidden_states=True).hidden_states[-1]
+        return encoder_kd_loss(hidden, target, batch["attention_mask"])[0]
+
+    return {**train_steps(student, loss, settings), "tokens": seen[0]}
+
+
+def train_steps(student, loss_at, settings: ProxySettings) -> dict:
+    """`settings.steps` AdamW steps (linear warm-up, then constant) of `loss_at(step)` on `student`, in place; the
+    student is left in eval mode without gradients. Returns the steps, seconds per step and the tail's mean loss."""
+    torch.manual_seed(settings.seed)
     student.train()
     for parameter in student.parameters():
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
     warmup = max(1, settings.warmup)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    steps = settings.steps
     losses, start = [], time.perf_counter()
-    for step in range(steps):
-        loss = batch_kl(teacher, student, cycled_batch(blocks, order, step, settings.batch_size).to(device), autocast)
+    for step in range(settings.steps):
+        loss = loss_at(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -80,9 +114,8 @@ def short_kd(teacher, student, blocks: torch.Tensor, settings: ProxySettings, de
     seconds = time.perf_counter() - start
     tail = losses[-max(1, len(losses) // 10) :]
     return {
-        "steps": steps,
-        "tokens": steps * settings.batch_size * blocks.shape[1],
-        "seconds_per_step": seconds / max(steps, 1),
+        "steps": settings.steps,
+        "seconds_per_step": seconds / max(settings.steps, 1),
         "loss_end": sum(tail) / len(tail) if tail else float("nan"),
     }
 

@@ -6,7 +6,8 @@ least `min_budget_use` of the budget (a search under a budget should spend it). 
 
 - `inherited`: the shape realised from the teacher's weights (activation importance, as `prune` does), no
   training; quality = −KL to the teacher on the validation share (for encoders, −(1 − embedding agreement));
-- `kd`: the same after `kd_steps` of distillation (`passes.prune_proxy`), the expensive reference;
+- `kd`: the same after `kd_steps` of distillation (`passes.prune_proxy`: logit KL for causal LMs, the distill
+  pass's embedding loss for encoders), the expensive reference;
 - `diswot`: DisWOT's training-free score at initialisation (`compressor.diswot`, causal LMs).
 
 Small spaces are enumerated; larger ones walked by regularised evolution, stopped by `max_seconds`. The output
@@ -30,7 +31,7 @@ from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
 from passes.prune import Prune, PruneConfig, budget_target
 from passes.prune_cut import loss_to_teacher, prune_to, validation_blocks
-from passes.prune_proxy import ProxySettings, short_kd
+from passes.prune_proxy import ProxySettings, short_kd, short_kd_encoder
 from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, config_of, shape_of, tied_head_size
 from passes.search_latency import LatencyCost, verified_best
 from passes.search_report import plot_front, search_lines
@@ -41,8 +42,8 @@ class SearchConfig(PassConfig):
     score: Literal["auto", "inherited", "kd", "diswot"] = Field(
         default="auto",
         description="inherited: KL to the teacher of the shape cut from its weights; kd: the same after kd_steps "
-        "of distillation (causal LMs); diswot: DisWOT's training-free score (causal LMs); auto: kd for causal LMs, "
-        "else inherited",
+        "of distillation; diswot: DisWOT's training-free score (causal LMs); auto: kd when min_kd_scores of them fit "
+        "max_seconds, else inherited",
     )
     strategy: Literal["auto", "exhaustive", "evolution"] = Field(
         default="auto", description="auto: enumerate when the fitting shapes are at most max_exhaustive"
@@ -92,8 +93,8 @@ class Search(Pass):
                 f"{self.where}: needs a params, FLOPs or latency budget (--budget 0.5, params=60M, flops=0.5, "
                 "latency=5ms)"
             )
-        if cfg.score in ("kd", "diswot") and ir.task != "causal-lm":
-            raise UserError(f"{self.where}.score: {cfg.score} needs a language-model head (causal LMs only)")
+        if cfg.score == "diswot" and ir.task != "causal-lm":
+            raise UserError(f"{self.where}.score: diswot needs a language-model head (causal LMs only)")
         if budget.kind != "latency":
             budget_target(ir, budget)
 
@@ -185,33 +186,46 @@ class Search(Pass):
         return row
 
     def score_kind(self, ir: ModelIR, seconds_per_kd) -> tuple[str, str]:
-        """The score to use and why: `auto` is the short-KD proxy for causal LMs (its rank correlation with trained
-        quality was 0.93 on stories260K, the inherited score's −0.19; README) when this machine can afford
+        """The score to use and why: `auto` is the short-KD proxy (its rank correlation with trained quality was 0.93
+        on stories260K, the inherited score's −0.19, and on MiniLM the inherited score's was 0.21; README) when this
+        machine can afford
         `min_kd_scores` of them in `max_seconds` (a 135M teacher on 2 CPU cores cannot: one kd score is minutes),
         else the inherited score. `seconds_per_kd()` probes the cost of one kd score, only when it matters."""
         cfg: SearchConfig = self.config
         if cfg.score != "auto":
             return cfg.score, "asked for"
-        if ir.task != "causal-lm":
-            return "inherited", "auto: the kd proxy distils logits (causal LMs only)"
         each = seconds_per_kd()
         if each * cfg.min_kd_scores > cfg.max_seconds:
             return "inherited", (
                 f"auto: one kd score takes about {each:,.0f} s here, so max_seconds {cfg.max_seconds:g} would score "
                 f"only {int(cfg.max_seconds // max(each, 1e-9))} shapes (< min_kd_scores {cfg.min_kd_scores})"
             )
-        return "kd", "auto: causal LM (the short-distillation proxy ranks shapes best)"
+        return "kd", "auto: the short-distillation proxy ranks shapes best and fits the time"
 
     def seconds_per_kd(self, ir: ModelIR, model, ctx: PassContext, student_ir: ModelIR) -> float:
         """Seconds one kd score would take, from 3 timed distillation steps of `student_ir` (a seed shape)."""
-        from compressor.data import lm_blocks
+        run = self.distiller(ir, model, ctx, 3)(student_ir.materialize(ctx.device))
+        return run["seconds_per_step"] * self.config.kd_steps
+
+    def distiller(self, ir: ModelIR, model, ctx: PassContext, steps: int):
+        """`steps` of short distillation from the teacher `model`, the same data in the same order for every
+        candidate: forward KL on packed blocks for causal LMs, the distill pass's encoder loss on sentences
+        (at the distill pass's encoder learning rate) otherwise."""
+        from compressor.data import lm_blocks, sentences
 
         cfg: SearchConfig = self.config
         corpus = ctx.require_corpus(self.name)
-        blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=3 * cfg.kd_batch_size)
-        settings = ProxySettings(steps=3, batch_size=cfg.kd_batch_size, seed=ctx.seed)
-        run = short_kd(model, student_ir.materialize(ctx.device), blocks, settings, ctx.device)
-        return run["seconds_per_step"] * cfg.kd_steps
+        if ir.task == "causal-lm":
+            settings = ProxySettings(steps=steps, batch_size=cfg.kd_batch_size, seed=ctx.seed)
+            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=steps * cfg.kd_batch_size)
+            return lambda student: short_kd(model, student, blocks, settings, ctx.device)
+        from passes.distill import Distill
+
+        lr = Distill(Distill.Config()).default_lr(ir)  # the proxy trains as distillation will
+        settings = ProxySettings(steps=steps, batch_size=cfg.kd_batch_size, lr=lr, seed=ctx.seed)
+        texts = (sentences(corpus.train) or list(corpus.train))[: steps * cfg.kd_batch_size]
+        return lambda student: short_kd_encoder(model, student, texts, ctx.tokenizer, settings, ctx.device,
+                                                cfg.seq_len)  # fmt: skip
 
     @staticmethod
     def seed_shapes(ir: ModelIR, cost, target: float) -> list[Shape]:
@@ -246,18 +260,12 @@ class Search(Pass):
             return lambda shape: diswot_score(ir.config, config_of(ir, shape), ids, seeds=seeds,
                                               teacher_model=teacher)["score"]  # fmt: skip
         held = validation_blocks(ir, ctx, self.name, cfg.seq_len, cfg.score_blocks)
-        blocks = None
-        if kind == "kd":
-            from compressor.data import lm_blocks
-
-            corpus = ctx.require_corpus(self.name)
-            blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.seq_len, max_blocks=cfg.kd_steps * cfg.kd_batch_size)
-        settings = ProxySettings(steps=cfg.kd_steps, batch_size=cfg.kd_batch_size, seed=ctx.seed)
+        distil = self.distiller(ir, model, ctx, cfg.kd_steps) if kind == "kd" else None
 
         def inherited(shape: Shape) -> float:
             student = prune_to(ir, shape, scores).materialize(ctx.device)
-            if blocks is not None:
-                short_kd(model, student, blocks, settings, ctx.device)
+            if distil is not None:
+                distil(student)
             return -loss_to_teacher(model, student, held, ctx, cfg.seq_len)
 
         return inherited

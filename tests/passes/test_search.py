@@ -1,6 +1,7 @@
 """`search`: the student shape under a params or FLOPs budget, realised by inheritance (ALGORITHMS §1, §2)."""
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from compressor.budget import Budget
@@ -84,6 +85,33 @@ def test_the_auto_score_falls_back_to_inherited_when_kd_scores_would_not_fit_the
     small = dict(calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1, min_budget_use=0.9,
                  kd_steps=2, kd_batch_size=2)  # fmt: skip
     _, roomy = search(ir, tmp_path / "roomy", Budget(params=0.7), score="auto", min_kd_scores=1, **small)
-    assert roomy["score"] == "kd" and roomy["score_why"].startswith("auto: causal LM")
+    assert roomy["score"] == "kd" and roomy["score_why"].startswith("auto: the short-distillation proxy")
     _, tight = search(ir, tmp_path / "tight", Budget(params=0.7), score="auto", min_kd_scores=10**9, **small)
     assert tight["score"] == "inherited" and "min_kd_scores" in tight["score_why"]
+
+
+def test_the_encoder_kd_proxy_lowers_the_distill_pass_loss_to_the_teacher(tiny_dirs):
+    from compressor.data import encode_sentences
+    from compressor.kd.losses import encoder_kd_loss
+    from passes.base import load_tokenizer
+    from passes.prune_proxy import ProxySettings, short_kd_encoder
+
+    ir = ModelIR.load(tiny_dirs["bert"])
+    teacher, tokenizer = ir.materialize(), load_tokenizer(ir.tokenizer_dir)
+    student = ir.materialize()
+    for layer in student.encoder.layer[1:]:
+        layer.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)  # a worse student
+    texts = [f"the {w} sat on the mat by the door" for w in ("cat", "dog", "bird", "fox", "child", "old man")]
+    batch = encode_sentences(tokenizer, texts, 16)
+
+    def loss() -> float:
+        with torch.no_grad():
+            return float(encoder_kd_loss(student(**batch, output_hidden_states=True).hidden_states[-1],
+                                         teacher(**batch, output_hidden_states=True).hidden_states[-1],
+                                         batch["attention_mask"])[0])  # fmt: skip
+
+    before = loss()
+    run = short_kd_encoder(teacher, student, texts, tokenizer, ProxySettings(steps=30, batch_size=6, lr=1e-3),
+                           torch.device("cpu"), 16)  # fmt: skip
+    assert run["steps"] == 30 and run["tokens"] == 30 * int(batch["attention_mask"].sum())
+    assert loss() < 0.5 * before and not any(p.requires_grad for p in student.parameters())

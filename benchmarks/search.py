@@ -62,6 +62,8 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--sts", help="STS-B dev file (encoders: trained quality = its Spearman)")
     parser.add_argument("--budget", type=float, default=0.5, help="share of the teacher's parameters")
+    parser.add_argument("--student-budget", type=float, help="share of the teacher's parameters for the compared "
+                        "students (default: --budget; MiniLM's depth-only student needs at least 0.61)")  # fmt: skip
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--scores", default="inherited,kd,diswot")
     parser.add_argument("--steps", type=int, default=600, help="KD steps every candidate trains")
@@ -152,21 +154,25 @@ def main() -> int:
             print(json.dumps(result, indent=2))
             return 0
         chosen = {}
+        student_budget = Budget(params=args.student_budget or args.budget)
+        result["student_budget_params"] = student_budget.params
+        if earlier.get("student_budget_params", earlier.get("budget_params")) != student_budget.params:
+            earlier.pop("students", None)  # trained at another budget: nothing to reuse
         for name in names:
-            search_ctx = context(teacher, corpus, scratch, budget, 0, f"search-{name}")
+            search_ctx = context(teacher, corpus, scratch, student_budget, 0, f"search-{name}")
             student = Search(SearchConfig(score=name, max_seconds=args.search_seconds)).run(teacher, search_ctx)
             chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **seeded(student, name),
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
-        depth_ctx = context(teacher, corpus, scratch, budget, 0, "depth")
+        depth_ctx = context(teacher, corpus, scratch, student_budget, 0, "depth")
         chosen["depth_only"] = seeded(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx), "depth",
                                       reuse="depth_only")  # fmt: skip
-        prune_ctx = context(teacher, corpus, scratch, budget, 0, "prune")
+        prune_ctx = context(teacher, corpus, scratch, student_budget, 0, "prune")
         pruned = Prune(PruneConfig()).run(teacher, prune_ctx)
         ranking = prune_ctx.metrics.get("ranking", {})
         done = ranking.get("tokens_per_candidate", 0) if ranking.get("by") == "kd" else 0
         trained = seeded(pruned, "prune", done, "prune_default")
-        chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])),
-                                   "axes": prune_ctx.metrics["chosen"], **trained, "ranked_by": ranking.get("by")}  # fmt: skip
+        chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])), **trained,
+                                   "axes": prune_ctx.metrics["chosen"], "ranked_by": ranking.get("by")}  # fmt: skip
         result["students"] = chosen
     print(json.dumps(result, indent=2))
     return 0

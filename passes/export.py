@@ -210,7 +210,7 @@ class Export(Pass):
 
         ctx.metrics["tied_weights"] = tied
         causal = task.startswith("text-generation")
-        deployment = quantize_variants(cfg, causal, ctx, onnx_dir, checker, session)
+        deployment = quantize_variants(cfg, causal, ctx, onnx_dir, checker, session, int(ir.config.vocab_size))
         if causal and cfg.graph != "optimum":
             deployment = self.faster_graph(ir, ctx, hf_dir, onnx_dir, deployment, checker, reference, model)
         tried = deployment["tried"]
@@ -219,6 +219,8 @@ class Export(Pass):
             tried[-1] if tried else {"kind": "none"}
         )
         ctx.metrics["deploy_file"] = deployment["deploy_file"]
+        if "latency_choice" in deployment:
+            ctx.metrics["latency_choice"] = deployment["latency_choice"]
         if causal and ctx.metrics.get("graph", {}).get("chosen") == "genai-builder":
             ctx.metrics["genai"] = retarget_genai_config(onnx_dir, deployment["deploy_file"])
         elif causal:
@@ -258,7 +260,9 @@ class Export(Pass):
         if problems:
             choice["genai_builder"] = f"not used: its graph failed validation ({'; '.join(problems)})"
             return deployment
-        built_deployment = quantize_variants(self.config, True, ctx, staging, checker, session)
+        built_deployment = quantize_variants(
+            self.config, True, ctx, staging, checker, session, int(ir.config.vocab_size)
+        )
         vocab = int(ir.config.vocab_size)
         for name, folder, chosen in (("optimum", onnx_dir, deployment), ("genai-builder", staging, built_deployment)):
             file = folder / chosen["deploy_file"]

@@ -18,6 +18,7 @@ VALIDATION_FIGURES = (
 )
 DEPLOYMENT_KEYS = (
     "optimization", "quantization", "quantization_tried", "deploy_file", "tied_weights", "graph", "genai",
+    "latency_choice",
 )  # fmt: skip
 
 
@@ -75,6 +76,12 @@ def deployment_lines(deployment: dict) -> list[str]:
             lines.append(f"- Shipped {tried[-1]['shipped_instead']}.")
         unvalidated = [v for v in tried if v.get("validated") is False]
         lines += [f"- {v['reason']}." for v in unvalidated]
+    choice = deployment.get("latency_choice")
+    if choice:
+        timed = ", ".join(f"`{f}` {ms} ms" for f, ms in choice["p50_ms"].items())
+        verdict = "the smallest within it ships" if choice["met"] else "none meets it, so the fastest ships"
+        lines.append(f"- Latency budget {choice['budget_ms']:g} ms (measured here, batch 1, sequence {choice['seq']}, "
+                     f"p50): {timed}; {verdict}.")  # fmt: skip
     return lines + [""]
 
 

@@ -186,3 +186,20 @@ def test_an_explicit_list_keeps_every_passing_variant_and_ships_the_smallest(tin
 def test_an_unknown_quantization_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown quantization 'int3'"):
         ExportConfig(quantize=["int4", "int3"])
+
+
+@pytest.mark.parametrize("budget_ms, met", [(1e6, True), (1e-6, False)])
+def test_under_a_latency_budget_the_file_is_chosen_by_its_measured_latency(tiny_dirs, tmp_path, budget_ms, met):
+    from compressor.budget import Budget
+
+    ir = ModelIR.load(tiny_dirs["llama"])
+    ctx = context(ir, tmp_path)
+    ctx.budget = Budget(latency=budget_ms)
+    Export(ExportConfig(quantize=["int8w"], graph="optimum", generation_prompts=1)).run(ir, ctx)
+    choice, deploy = ctx.metrics["latency_choice"], ctx.metrics["deploy_file"]
+    passed = [t["file"] for t in ctx.metrics["quantization_tried"] if t["passed"]]
+    assert set(choice["p50_ms"]) == {"model.onnx", *passed} and choice["met"] is met
+    if met:  # every file meets a huge budget: the smallest ships, as without a latency budget
+        assert deploy == (passed[0] if passed else "model.onnx")
+    else:  # none meets an impossible one: the fastest ships
+        assert choice["p50_ms"][deploy] == min(choice["p50_ms"].values())

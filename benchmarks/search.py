@@ -95,13 +95,15 @@ def main() -> int:
 
     budget = Budget(params=args.budget)
     names = [s for s in args.scores.split(",") if lm or s != "diswot"]
-    tokens = args.steps * args.batch_size * args.seq_len
-    result = {"teacher": args.teacher, "budget_params": args.budget, "train_tokens_each": tokens,
+    # LMs train on full blocks; an encoder's steps are `batch_size` sentences (its plan.json gives the real tokens)
+    training = {"steps": args.steps, "batch_size": args.batch_size, "unit": "blocks" if lm else "sentences"}
+    if lm:
+        training["tokens"] = args.steps * args.batch_size * args.seq_len
+    result = {"teacher": args.teacher, "budget_params": args.budget, "training_each": training,
               "teacher_quality": round(quality(teacher), 4), "candidates": {}}  # fmt: skip
     earlier = json.loads(args.trained_from.read_text()) if args.trained_from else {}
-    if earlier and earlier.get("train_tokens_each") != tokens:
-        sys.exit(f"--trained-from {args.trained_from}: trained with {earlier.get('train_tokens_each')} tokens each, "
-                 f"not {tokens}")  # fmt: skip
+    if earlier and {k: v for k, v in earlier.get("training_each", {}).items() if k in training} != training:
+        sys.exit(f"--trained-from {args.trained_from}: trained as {earlier.get('training_each')}, not {training}")
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         ctx = context(teacher, corpus, scratch, budget, 0, "scores")

@@ -10,6 +10,7 @@ is recomputed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import re
@@ -110,9 +111,27 @@ class PassCache:
             (tmp / "manifest.json").write_text(json.dumps({"files": files}, indent=2))
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """A digest of every source file of the installed compressor, passes and targets packages: a cached pass
+    result is only as good as the code that made it, and the version number does not move with every change (a
+    fixed export served the old, unfixed deploy choice from the cache before this was part of the key)."""
+    import passes
+    import targets
+
+    digest = hashlib.sha256()
+    for package in (compressor, passes, targets):
+        root = Path(package.__file__).parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(ir: ModelIR, step: Pass, ctx: PassContext) -> str:
     parts = {
         "compressor": compressor.__version__,
+        "code": code_fingerprint(),
         "input": ir.identity(),
         "pass": step.name,
         "config": step.config.model_dump(mode="json"),

@@ -53,6 +53,18 @@ def test_a_changed_config_misses_only_from_that_pass_on(tiny_dirs, tmp_path):
     assert [r.cached for r in records] == [True, False]
 
 
+def test_changed_code_misses_the_cache(tiny_dirs, tmp_path, monkeypatch):
+    import compressor.pipeline as pipeline
+
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    cache = PassCache(tmp_path / "cache")
+    run(teacher, cache, tmp_path)
+    assert len(pipeline.code_fingerprint()) == 16
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda: "another-release")  # the code that made it changed
+    _, records = run(teacher, cache, tmp_path)
+    assert [r.cached for r in records] == [False, False]
+
+
 def test_corrupt_entry_is_recomputed(tiny_dirs, tmp_path):
     teacher = ModelIR.load(tiny_dirs["llama"])
     cache = PassCache(tmp_path / "cache")

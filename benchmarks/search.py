@@ -127,12 +127,17 @@ def main() -> int:
 
         seeds = [int(s) for s in args.seeds.split(",")]
 
+        earlier_seeds = earlier.get("seeds", [0])  # a JSON from before seeds were recorded trained seed 0
+
         def seeded(student: ModelIR, name: str, trained_tokens: int = 0, reuse: str | None = None) -> dict:
-            """The student trained once per seed: every quality, their mean and spread (max − min)."""
+            """The student trained once per seed: every quality, their mean and spread (max − min). A seed the
+            `--trained-from` JSON already trained for the same student (`reuse`, and the same shape) is reused."""
             before = earlier.get("students", {}).get(reuse or "", {})
-            values = before.get("trained_seeds") or ([before["trained"]] if "trained" in before else None)
-            if values is None or len(values) != len(seeds):
-                values = [train(student, name, trained_tokens, seed) for seed in seeds]
+            if before.get("shape", shape_name(shape_of(student))) != shape_name(shape_of(student)):
+                before = {}  # another shape was chosen this time: its old qualities say nothing
+            old = before.get("trained_seeds") or ([before["trained"]] if "trained" in before else [])
+            known = dict(zip(earlier_seeds, old, strict=False))
+            values = [known[seed] if seed in known else train(student, name, trained_tokens, seed) for seed in seeds]
             mean = round(sum(values) / len(values), 4)
             return {"trained": mean, "trained_seeds": values, "spread": round(max(values) - min(values), 4)}
 
@@ -163,11 +168,12 @@ def main() -> int:
         for name in names:
             search_ctx = context(teacher, corpus, scratch, student_budget, 0, f"search-{name}")
             student = Search(SearchConfig(score=name, max_seconds=args.search_seconds)).run(teacher, search_ctx)
-            chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **seeded(student, name),
+            trained = seeded(student, name, 0, f"search_{name}")
+            chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **trained,
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
         depth_ctx = context(teacher, corpus, scratch, student_budget, 0, "depth")
-        chosen["depth_only"] = seeded(Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx), "depth",
-                                      reuse="depth_only")  # fmt: skip
+        depth = Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx)
+        chosen["depth_only"] = {"shape": shape_name(shape_of(depth)), **seeded(depth, "depth", reuse="depth_only")}
         prune_ctx = context(teacher, corpus, scratch, student_budget, 0, "prune")
         pruned = Prune(PruneConfig()).run(teacher, prune_ctx)
         ranking = prune_ctx.metrics.get("ranking", {})
@@ -176,6 +182,7 @@ def main() -> int:
         chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])), **trained,
                                    "axes": prune_ctx.metrics["chosen"], "ranked_by": ranking.get("by")}  # fmt: skip
         result["students"] = chosen
+        result["seeds"] = seeds
     print(json.dumps(result, indent=2))
     return 0
 

@@ -54,6 +54,9 @@ class SearchConfig(PassConfig):
     sample: int = Field(default=10, ge=1, description="evolution: S")
     cycles: int = Field(default=300, ge=0, description="evolution: cycles (stopped earlier by max_seconds)")
     max_seconds: float = Field(default=300.0, gt=0, description="the longest the scoring may take in all")
+    latency_margin: float = Field(
+        default=0.05, ge=0, lt=1, description="latency budgets: shapes must measure under (1 − this) × the budget"
+    )
     min_layers: int = Field(default=1, ge=1)
     diswot_seeds: int = Field(default=3, ge=1, description="diswot: R init seeds (§1)")
     teacher_init: Literal["random", "pretrained"] = Field(default="random", description="diswot: §1's random teacher")
@@ -105,7 +108,10 @@ class Search(Pass):
         space = SearchSpace(shape_of(ir), tied, tuple(ir.adapter.cuttable_for(ir.config)),
                             min(cfg.min_layers, ir.num_layers))  # fmt: skip
         if ctx.budget.kind == "latency":
-            cost, target = LatencyCost(ir, ctx, space, tied, progress(ctx)), float(ctx.budget.latency)
+            # a p50 measured again on the exported student moves by a few percent (0.789 → 0.816 → 0.837 ms for one
+            # stories260K shape chosen against 0.8 ms): a shape right at the budget would ship over it half the time
+            cost, budget_ms = LatencyCost(ir, ctx, space, tied, progress(ctx)), float(ctx.budget.latency)
+            target = budget_ms * (1 - cfg.latency_margin)
             cost.smallest_check(space, target)
         else:
             cost, target = budget_target(ir, ctx.budget)
@@ -171,7 +177,8 @@ class Search(Pass):
             }
         )
         if cost.measure == "latency":
-            ctx.metrics["latency"] = {**cost.summary(), "chosen_measured_ms": cost.verify(best)}
+            ctx.metrics["latency"] = {**cost.summary(), "chosen_measured_ms": cost.verify(best),
+                                      "budget_ms": float(ctx.budget.latency), "margin": cfg.latency_margin}  # fmt: skip
         plot_front(rows, front, shape_name(best), cost.measure, ctx.artifacts / "plots" / "search_front.png")
         ctx.metrics["plot"] = "plots/search_front.png"
         return student

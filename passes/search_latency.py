@@ -95,12 +95,15 @@ class LatencyCost:
         return float(self.table.measured[name]["ms"])
 
     def smallest_check(self, space: SearchSpace, target_ms: float) -> None:
-        """A budget under the smallest anchor's measured latency cannot be met: say what the floor is."""
+        """A budget whose `target_ms` (the budget less the search's margin) is under the smallest anchor's measured
+        latency cannot be met: say what the floor is."""
         fastest = min(row["ms"] for row in self.table.measured.values())
         if fastest > target_ms:
             raise UserError(
-                f"budget latency={target_ms:g}ms: even the smallest student shape measured {fastest:.3f} ms on this "
-                f"machine ({self.ctx.target.name} target, batch 1, sequence {self.ctx.target.latency_seq})"
+                f"budget latency={self.ctx.budget.latency:g}ms: even the smallest student shape measured "
+                f"{fastest:.3f} ms on this machine ({self.ctx.target.name} target, batch 1, sequence "
+                f"{self.ctx.target.latency_seq}; shapes must measure under {target_ms:.4g} ms, the budget less "
+                "search.latency_margin)"
             )
 
     def summary(self) -> dict:
@@ -130,6 +133,6 @@ def verified_best(scored: dict[Shape, float], cost: LatencyCost, target_ms: floa
             return best
         remaining = {s: v for s, v in remaining.items() if s != best and cost(s) <= target_ms}
     raise UserError(
-        f"budget latency={target_ms:g}ms: no shape the fit predicted under budget measured under it "
-        f"({tries} tried on this machine); give a larger budget"
+        f"budget latency={cost.ctx.budget.latency:g}ms: no shape the fit predicted under {target_ms:.4g} ms "
+        f"measured under it ({tries} tried on this machine); give a larger budget"
     )

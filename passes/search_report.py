@@ -18,12 +18,16 @@ COSTS = {"params": "parameters", "flops": "FLOPs per token", "latency": "ms of b
 def search_lines(metrics: dict) -> list[str]:
     timing = " (stopped by max_seconds)" if metrics.get("stopped_by_time") else ""
     latency = metrics.get("latency")
+    margin = ""
+    if latency and latency.get("margin"):
+        budget, share = latency["budget_ms"], latency["margin"]
+        margin = f" (the {budget:g} ms budget less a {share:.0%} margin for measurement noise)"
     lines = [
         "## Search",
         "",
         f"Shape chosen by {metrics['strategy']} search over {metrics['space_size']:,} uniform shapes: "
         f"**{metrics['chosen']}** ({metrics['params_before']:,} → {metrics['params_after']:,} parameters), the best of "
-        f"{metrics['scored']:,} scored within {metrics['target']:,} {COSTS[metrics['cost']]} by "
+        f"{metrics['scored']:,} scored within {metrics['target']:,.4g} {COSTS[metrics['cost']]}{margin} by "
         f"{SCORES[metrics['score']]} ({metrics.get('score_why', 'asked for')}); {metrics['seconds']} s in all, "
         f"{metrics['seconds_per_score']} s per score{timing}. The shape is realised from the teacher's weights by "
         "importance (as `prune` does).",

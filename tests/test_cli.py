@@ -405,12 +405,14 @@ def test_a_latency_budget_searches_measured_shapes_and_reports_the_shipped_laten
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     metrics = report["passes"][0]["metrics"]
-    assert metrics["cost"] == "latency" and metrics["latency"]["chosen_measured_ms"] <= 0.6
+    within = 0.6 * (1 - 0.05)  # the default latency_margin keeps room for the re-measurement of the shipped file
+    assert metrics["cost"] == "latency" and metrics["latency"]["chosen_measured_ms"] <= within
     chosen = metrics["candidates"][metrics["chosen"]]
-    assert chosen["latency_measured"] and all(r["latency_ms"] <= 0.6 for r in metrics["candidates"].values())
+    assert chosen["latency_measured"] and all(r["latency_ms"] <= within for r in metrics["candidates"].values())
     assert report["speed"]["latency_budget"]["ms"] == 0.6  # the shipped file measured for real against the budget
     markdown = (out / "REPORT.md").read_text()
     assert "measurement of this machine" in markdown and "Latency budget 0.6 ms" in markdown
+    assert "0.6 ms budget less a 5% margin" in markdown
     impossible = [*args[:4], "--budget", "latency=0.001ms", "--steps", "2", "--data", DATA / "tinystories_dev.txt"]
     code, _, err = run(capsys, *impossible, "--out", tmp_path / "impossible", "--quiet")
     assert code == 2 and "even the smallest student shape measured" in err

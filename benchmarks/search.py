@@ -127,19 +127,25 @@ def main() -> int:
 
         seeds = [int(s) for s in args.seeds.split(",")]
 
-        earlier_seeds = earlier.get("seeds", [0])  # a JSON from before seeds were recorded trained seed 0
+        earlier_seeds = earlier.get("seeds", [0])  # a JSON from before seeds were recorded trained seed 0 only
 
         def seeded(student: ModelIR, name: str, trained_tokens: int = 0, reuse: str | None = None) -> dict:
-            """The student trained once per seed: every quality, their mean and spread (max − min). A seed the
-            `--trained-from` JSON already trained for the same student (`reuse`, and the same shape) is reused."""
+            """The student's shape and its training once per seed: every quality, their mean and spread (max − min).
+            A seed the `--trained-from` JSON already trained for the same student (`reuse`, same shape) is reused."""
+            shape = shape_name(shape_of(student))
             before = earlier.get("students", {}).get(reuse or "", {})
-            if before.get("shape", shape_name(shape_of(student))) != shape_name(shape_of(student)):
+            if before.get("shape", shape) != shape:
                 before = {}  # another shape was chosen this time: its old qualities say nothing
             old = before.get("trained_seeds") or ([before["trained"]] if "trained" in before else [])
             known = dict(zip(earlier_seeds, old, strict=False))
             values = [known[seed] if seed in known else train(student, name, trained_tokens, seed) for seed in seeds]
             mean = round(sum(values) / len(values), 4)
-            return {"trained": mean, "trained_seeds": values, "spread": round(max(values) - min(values), 4)}
+            return {
+                "shape": shape,
+                "trained": mean,
+                "trained_seeds": values,
+                "spread": round(max(values) - min(values), 4),
+            }
 
         for shape in candidates if "rank" in args.parts else []:
             row = {"shape": shape.as_dict(), "params": cost(shape), "scores": {}, "score_seconds": {}}
@@ -168,19 +174,17 @@ def main() -> int:
         for name in names:
             search_ctx = context(teacher, corpus, scratch, student_budget, 0, f"search-{name}")
             student = Search(SearchConfig(score=name, max_seconds=args.search_seconds)).run(teacher, search_ctx)
-            trained = seeded(student, name, 0, f"search_{name}")
-            chosen[f"search_{name}"] = {"shape": search_ctx.metrics["chosen"], **trained,
+            chosen[f"search_{name}"] = {**seeded(student, name, reuse=f"search_{name}"),
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
         depth_ctx = context(teacher, corpus, scratch, student_budget, 0, "depth")
         depth = Inherit(InheritConfig(strategy="importance")).run(teacher, depth_ctx)
-        chosen["depth_only"] = {"shape": shape_name(shape_of(depth)), **seeded(depth, "depth", reuse="depth_only")}
+        chosen["depth_only"] = seeded(depth, "depth", reuse="depth_only")
         prune_ctx = context(teacher, corpus, scratch, student_budget, 0, "prune")
         pruned = Prune(PruneConfig()).run(teacher, prune_ctx)
         ranking = prune_ctx.metrics.get("ranking", {})
         done = ranking.get("tokens_per_candidate", 0) if ranking.get("by") == "kd" else 0
         trained = seeded(pruned, "prune", done, "prune_default")
-        chosen["prune_default"] = {"shape": shape_name(Shape(**prune_ctx.metrics["shape_after"])), **trained,
-                                   "axes": prune_ctx.metrics["chosen"], "ranked_by": ranking.get("by")}  # fmt: skip
+        chosen["prune_default"] = {**trained, "axes": prune_ctx.metrics["chosen"], "ranked_by": ranking.get("by")}
         result["students"] = chosen
         result["seeds"] = seeds
     print(json.dumps(result, indent=2))

@@ -61,8 +61,14 @@ class LatencyCost:
 
     measure = "latency"
 
-    def __init__(self, ir, ctx, space: SearchSpace, tied_head_size: int | None, show: Callable[[str], None]) -> None:
+    def __init__(self, ir, ctx, space: SearchSpace, tied_head_size: int | None, show: Callable[[str], None],
+                 margin: float = 0.0) -> None:  # fmt: skip
         self.ir, self.ctx, self.show, self.warned_busy = ir, ctx, show, False
+        # shapes must measure under the budget less `margin`: a p50 measured again on the exported student moves by
+        # a few percent (0.789 → 0.816 → 0.837 ms for one stories260K shape chosen against 0.8 ms), so a shape right
+        # at the budget would ship over it half the time
+        self.budget_ms, self.margin = float(ctx.budget.latency), margin
+        self.target_ms = self.budget_ms * (1 - margin)
         self.flops = ShapeCost(ir, "flops")
         self.table, self.path, self.source = open_table(ctx.cache_base, ir, ctx.target, shape_of(ir).as_dict())
         anchors = anchor_shapes(space, tied_head_size)
@@ -94,15 +100,15 @@ class LatencyCost:
             save_table(self.table, self.path)
         return float(self.table.measured[name]["ms"])
 
-    def smallest_check(self, space: SearchSpace, target_ms: float) -> None:
-        """A budget whose `target_ms` (the budget less the search's margin) is under the smallest anchor's measured
-        latency cannot be met: say what the floor is."""
+    def smallest_check(self) -> None:
+        """A budget whose target (the budget less the margin) is under the smallest anchor's measured latency cannot
+        be met: say what the floor is."""
         fastest = min(row["ms"] for row in self.table.measured.values())
-        if fastest > target_ms:
+        if fastest > self.target_ms:
             raise UserError(
-                f"budget latency={self.ctx.budget.latency:g}ms: even the smallest student shape measured "
+                f"budget latency={self.budget_ms:g}ms: even the smallest student shape measured "
                 f"{fastest:.3f} ms on this machine ({self.ctx.target.name} target, batch 1, sequence "
-                f"{self.ctx.target.latency_seq}; shapes must measure under {target_ms:.4g} ms, the budget less "
+                f"{self.ctx.target.latency_seq}; shapes must measure under {self.target_ms:.4g} ms, the budget less "
                 "search.latency_margin)"
             )
 
@@ -118,10 +124,12 @@ class LatencyCost:
             "measured_busy": self.table.busy_rows(),
             "machine": self.table.machine,
             "seq": self.ctx.target.latency_seq,
+            "budget_ms": self.budget_ms,
+            "margin": self.margin,
         }
 
 
-def verified_best(scored: dict[Shape, float], cost: LatencyCost, target_ms: float, tries: int = 4) -> Shape:
+def verified_best(scored: dict[Shape, float], cost: LatencyCost, tries: int = 4) -> Shape:
     """The best-scoring shape whose measured latency meets the budget: the best by score is measured; if it is over
     (the fit was optimistic) it is dropped, and the next best still predicted to fit is tried, `tries` times."""
     remaining = dict(scored)
@@ -129,10 +137,10 @@ def verified_best(scored: dict[Shape, float], cost: LatencyCost, target_ms: floa
         if not remaining:
             break
         best = max(remaining, key=lambda s: remaining[s])
-        if cost.verify(best) <= target_ms:
+        if cost.verify(best) <= cost.target_ms:
             return best
-        remaining = {s: v for s, v in remaining.items() if s != best and cost(s) <= target_ms}
+        remaining = {s: v for s, v in remaining.items() if s != best and cost(s) <= cost.target_ms}
     raise UserError(
-        f"budget latency={cost.ctx.budget.latency:g}ms: no shape the fit predicted under {target_ms:.4g} ms "
+        f"budget latency={cost.budget_ms:g}ms: no shape the fit predicted under {cost.target_ms:.4g} ms "
         f"measured under it ({tries} tried on this machine); give a larger budget"
     )

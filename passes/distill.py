@@ -21,7 +21,7 @@ from compressor.errors import UserError
 from compressor.evaluate import perplexity
 from compressor.fs import check_replaceable
 from compressor.ir import ModelIR
-from compressor.kd.budget import TrainingPlan, auto_eval_every, plan_training
+from compressor.kd.budget import auto_eval_every
 from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
     CaptureQKV,
@@ -46,15 +46,14 @@ from compressor.kd.replay import ReplayScheduler
 from compressor.kd.schedules import DTSState, TAIDState
 from compressor.kd.sparse import ce_and_sparse_kd
 from compressor.kd.train import (
-    IndexedBatches,
     StateGroup,
     make_accelerator,
-    measure_step_seconds,
-    say,
     train,
 )
 from passes.base import Pass, PassContext, register
 from passes.distill_config import DistillConfig
+from passes.distill_plan import TrainingPlanner
+from passes.distill_report import distill_section
 from passes.distill_signals import TeacherSignals
 from passes.distill_tasks import TaskSetups
 
@@ -68,12 +67,16 @@ def router_shift(initial: list[torch.Tensor], trained: torch.nn.Module) -> float
 
 
 @register
-class Distill(TeacherSignals, TaskSetups, Pass):
+class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
     name = "distill"
     Config = DistillConfig
     needs_data = True
     needs_teacher = True
     trains = True
+
+    @classmethod
+    def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        return distill_section(metrics)
 
     def check(self, ir: ModelIR, budget: Budget) -> None:
         """A logit-cache folder we would (re)build must be absent or one of our logit caches: never the user's."""
@@ -124,7 +127,9 @@ class Distill(TeacherSignals, TaskSetups, Pass):
             data, loss_fn, evaluate = self.classifier_setup(ctx, teacher, shard)
         else:
             data, loss_fn, evaluate = self.encoder_setup(ctx, teacher, shard)
-        plan = self.plan(ctx, student, data, loss_fn, accelerator, state)
+        plan = self.plan(ctx, student, data, loss_fn, accelerator, state, teacher if self.augments(ir) else None)
+        if plan.generated:
+            data = self.augmented(ctx, teacher, plan, shard)
         self.total_steps = plan.steps
         eval_every = auto_eval_every(plan.steps) if cfg.train.eval_every is None else cfg.train.eval_every
         # held-out blocks per evaluation: a forward pass costs about a third of a training step, so 15% of the
@@ -235,28 +240,6 @@ class Distill(TeacherSignals, TaskSetups, Pass):
     eval_count: int = 16  # held-out blocks per evaluation, set with the plan
     total_steps: int = 1000  # the planned length (schedules of TAID, the replay scheduler); set before training
 
-    def plan(self, ctx: PassContext, student, data, loss_fn, accelerator, state) -> TrainingPlan:
-        """The run's length: the stored plan of a resumed run, else planned from a measured step time."""
-        cfg: DistillConfig = self.config
-        stored = TrainingPlan.load(ctx.run_dir)
-        if stored is not None:
-            return stored
-        seconds, tokens = measure_step_seconds(student, data, loss_fn, accelerator, state)
-        plan = plan_training(
-            tokens_per_step=tokens * cfg.train.grad_accumulation * accelerator.num_processes,
-            steps_per_epoch=data.usable / (data.batch_size * data.world * cfg.train.grad_accumulation),
-            seconds_per_step=seconds * cfg.train.grad_accumulation,
-            steps=cfg.train.steps,
-            train_tokens=cfg.train.tokens,
-            time_budget=cfg.train.time,
-            max_epochs=cfg.train.max_epochs,
-            default_seconds=cfg.train.default_minutes * 60,
-        )
-        if ctx.run_dir is not None and accelerator.is_main_process:
-            plan.save(ctx.run_dir)
-        say(f"{self.name}: {plan.describe(str(accelerator.device))}")
-        return plan
-
     def default_lr(self, ir: ModelIR) -> float:
         """The learning rate when the recipe gives none: full fine-tuning rates (`lora_kd` uses higher ones)."""
         return 1e-3 if ir.task == "causal-lm" else 2e-4
@@ -275,17 +258,12 @@ class Distill(TeacherSignals, TaskSetups, Pass):
         # the whole data up to a cap (a plan counts epochs of what was read); more when the steps asked need it
         needed = max(MAX_BLOCKS, (cfg.train.steps or 0) * cfg.train.batch_size * cfg.train.grad_accumulation)
         blocks = lm_blocks(ctx.tokenizer, corpus.train, cfg.train.seq_len, max_blocks=needed, name=corpus.name)
-        if cfg.data.source != "data":
+        if cfg.data.source in ("teacher", "mixed"):
             wanted = (cfg.train.steps or 0) * cfg.train.batch_size * cfg.train.grad_accumulation or len(blocks)
             generated = self.teacher_generated(ctx, teacher, blocks, wanted)
             blocks = generated if cfg.data.source == "teacher" else torch.cat([blocks, generated])
-        data = IndexedBatches(
-            len(blocks),
-            min(cfg.train.batch_size, len(blocks) // shard[1]),
-            ctx.seed,
-            lambda index: {"input_ids": blocks[index], "block_index": index},
-            *shard,
-        )
+        self.real_blocks = blocks
+        data = self.lm_batches(ctx, blocks, shard)
         cache = self.logit_cache(ctx, teacher, blocks) if cfg.teacher.signal != "online" else None
         replay = self.replay
         pairs = self.pairs

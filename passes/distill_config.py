@@ -97,9 +97,12 @@ class TeacherSettings(PassConfig):
 
 class DataSettings(PassConfig):
     """What the student trains on: the data, a corpus the teacher writes from data prompts (sequence-level KD,
-    cached per teacher and data), or both."""
+    cached per teacher and data), or both. `auto` (causal LMs, online teacher): the data, read at most
+    `max_data_epochs` times; when the planned length needs more, the teacher writes the rest (§7.4)."""
 
-    source: Literal["data", "teacher", "mixed"] = "data"
+    source: Literal["auto", "data", "teacher", "mixed"] = "auto"
+    max_data_epochs: int = Field(default=4, ge=1, description="auto: reads of a data block before the teacher writes")
+    generation_batch: int = Field(default=128, ge=1, description="teacher corpus: sequences per generate call")
     prompt_tokens: int = Field(default=16, ge=1, description="teacher corpus: prompt tokens taken from the data")
     temperature: float = Field(default=1.0, gt=0, description="teacher corpus: sampling temperature")
     top_p: float = Field(default=1.0, gt=0, le=1, description="teacher corpus: nucleus sampling")

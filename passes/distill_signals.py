@@ -11,7 +11,7 @@ import torch
 from compressor.kd.features import inner_model
 from compressor.kd.logit_cache import SparseLogitCache, cache_key
 from compressor.kd.objective import LMObjective
-from compressor.kd.seqkd import SamplingSettings, teacher_corpus
+from compressor.kd.seqkd import SamplingSettings, teacher_corpus, writing_seconds
 from passes.base import PassContext
 from passes.distill_config import DistillConfig
 
@@ -56,10 +56,9 @@ class TeacherSignals:
         loss, parts = objective(student_logits, teacher_logits, labels, step, self.total_steps, kd_only=True)
         return loss, {**parts, kind: 1.0}
 
-    def teacher_generated(self, ctx: PassContext, teacher, blocks: torch.Tensor, sequences: int) -> torch.Tensor:
-        """Sequence-level KD data: the teacher continues prompts drawn from the data (cached per teacher + data)."""
+    def sampling(self, ctx: PassContext, sequences: int) -> SamplingSettings:
         cfg: DistillConfig = self.config
-        settings = SamplingSettings(
+        return SamplingSettings(
             sequences,
             cfg.train.seq_len,
             min(cfg.data.prompt_tokens, cfg.train.seq_len - 1),
@@ -67,13 +66,42 @@ class TeacherSignals:
             cfg.data.top_p,
             ctx.seed,
         )
+
+    def teacher_generated(self, ctx: PassContext, teacher, blocks: torch.Tensor, sequences: int) -> torch.Tensor:
+        """Sequence-level KD data: the teacher continues prompts drawn from the data (cached per teacher + data)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        cfg: DistillConfig = self.config
+        settings = self.sampling(ctx, sequences)
         teacher_fp = ctx.teacher.identity()
         data_fp = hashlib.sha256(blocks.numpy().tobytes()).hexdigest()
         folder = ctx.cache_base / "seqkd" / settings.key(teacher_fp, data_fp)
-        pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-        corpus, reused = teacher_corpus(folder, teacher, blocks, settings, teacher_fp, data_fp, pad)
+        columns = (TextColumn("teacher writes"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        cached = (folder / "index.json").exists()  # then nothing is written: no bar
+        with Progress(*columns, disable=cached or not ctx.show_progress, transient=False) as progress:
+            task = progress.add_task("teacher", total=sequences)
+            corpus, reused = teacher_corpus(
+                folder,
+                teacher,
+                blocks,
+                settings,
+                teacher_fp,
+                data_fp,
+                self.pad_id(ctx),
+                cfg.data.generation_batch,
+                lambda n: progress.advance(task, n),
+            )
         ctx.metrics["teacher_corpus"] = {"folder": str(folder), "sequences": len(corpus), "reused": reused}
         return corpus
+
+    def writing_cost(self, ctx: PassContext, teacher, blocks: torch.Tensor) -> float:
+        """Measured seconds for the teacher to write one training sequence (sizes the plan's time cap)."""
+        cfg: DistillConfig = self.config
+        return writing_seconds(teacher, blocks, self.sampling(ctx, 1), self.pad_id(ctx), cfg.data.generation_batch)
+
+    @staticmethod
+    def pad_id(ctx: PassContext) -> int:
+        return ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
 
     def logit_cache(self, ctx: PassContext, teacher, blocks: torch.Tensor) -> SparseLogitCache:
         """Open (or build once) the sparse teacher-logit cache for this teacher and these exact token blocks."""

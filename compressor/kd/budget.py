@@ -59,6 +59,14 @@ class TrainingPlan:
     seconds_per_step: float | None
     reason: str  # what decided the length: "steps", "train_tokens", "max_epochs", "time_budget", "default_time"
     time_limit: float | None  # hard stop (seconds of training), None when the user fixed the length
+    generated: int = 0  # teacher-written sequences added so the data repeats at most `max_data_epochs` times
+    max_data_epochs: float | None = None  # the repeat cap those sequences keep (None: no teacher-written data)
+    seconds_per_generated: float | None = None  # measured cost of writing one sequence
+    sequence_tokens: int = 0  # tokens per written sequence
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.generated * self.sequence_tokens
 
     @property
     def tokens(self) -> int:
@@ -66,17 +74,27 @@ class TrainingPlan:
 
     @property
     def epochs(self) -> float:
+        """The run's length in units of the user's data (20.0: twenty times as many tokens as the data holds)."""
         return self.steps / self.steps_per_epoch if self.steps_per_epoch else 0.0
 
     @property
+    def data_epochs(self) -> float:
+        """Reads of each data sequence: the repeat cap once teacher-written text fills the rest."""
+        return float(self.max_data_epochs) if self.generated and self.max_data_epochs else self.epochs
+
+    @property
     def estimated_seconds(self) -> float | None:
-        return self.steps * self.seconds_per_step if self.seconds_per_step else None
+        if not self.seconds_per_step:
+            return None
+        return self.steps * self.seconds_per_step + self.generated * (self.seconds_per_generated or 0.0)
 
     def as_dict(self) -> dict:
         return {
             **asdict(self),
             "tokens": self.tokens,
             "epochs": round(self.epochs, 3),
+            "data_epochs": round(self.data_epochs, 3),
+            "generated_tokens": self.generated_tokens,
             "estimated_seconds": round(self.estimated_seconds, 1) if self.estimated_seconds else None,
         }
 
@@ -84,14 +102,19 @@ class TrainingPlan:
         why = {
             "steps": "steps given",
             "train_tokens": "token budget given",
-            "max_epochs": f"{self.epochs:.1f} epochs of the data",
+            "max_epochs": "default length",
             "time_budget": "time budget given",
             "default_time": "default time cap",
         }[self.reason]
         line = (
             f"training {human_count(self.tokens)} tokens ({self.steps:,} steps of {self.tokens_per_step:,} tokens, "
-            f"{self.epochs:.2f} epochs; {why})"
+            f"{self.epochs:.2f}{'× the data' if self.generated else ' epochs of the data'}; {why})"
         )
+        if self.generated:
+            line += (
+                f"; the data is read at most {self.max_data_epochs:g} times, so the teacher first writes "
+                f"{human_count(self.generated_tokens)} tokens from data prompts for the rest"
+            )
         if self.estimated_seconds:
             line += f", about {human_duration(self.estimated_seconds)} on this machine ({device})"
         return line
@@ -120,9 +143,14 @@ def plan_training(
     time_budget: float | None = None,
     max_epochs: float = 20.0,
     default_seconds: float = 600.0,
+    augment: Augmentation | None = None,
 ) -> TrainingPlan:
     """The number of steps, and why. Explicit steps or tokens fix the length (a time budget may still cap it);
-    otherwise `max_epochs` of the data, capped by the time budget or the default time cap."""
+    otherwise `max_epochs` of the data, capped by the time budget or the default time cap.
+
+    With `augment`, the data is read at most `augment.max_data_epochs` times and the teacher writes the rest
+    (`generated_sequences`); writing costs time, so a time cap counts it: steps S are affordable when
+    S·t_step + generated(S)·t_write ≤ limit."""
     if tokens_per_step <= 0 or steps_per_epoch <= 0:
         raise ValueError("tokens_per_step and steps_per_epoch must be positive")
     if steps:
@@ -135,11 +163,51 @@ def plan_training(
     limit = time_budget if time_budget else (None if fixed else default_seconds)
     if limit and seconds_per_step:
         affordable = max(1, math.floor(limit / seconds_per_step))
+        if augment is not None and augment.generated(affordable) > 0 and augment.seconds_per_sequence:
+            # past the data's repeat cap every step also pays for the sequences the teacher writes for it
+            per_step = seconds_per_step + augment.items_per_step * augment.seconds_per_sequence
+            free = augment.real_reads() / augment.items_per_step  # steps the data covers without writing
+            affordable = max(1, min(affordable, math.floor((limit + free * (per_step - seconds_per_step)) / per_step)))
         if affordable < count:
             count, reason = affordable, ("time_budget" if time_budget else "default_time")
     # a measured estimate can be off: the hard stop sits a little past the budget the plan was sized for
     time_limit = limit * 1.2 if limit else None
-    return TrainingPlan(count, tokens_per_step, steps_per_epoch, seconds_per_step, reason, time_limit)
+    if augment is None or augment.generated(count) == 0:
+        return TrainingPlan(count, tokens_per_step, steps_per_epoch, seconds_per_step, reason, time_limit)
+    generated = augment.generated(count)
+    if time_limit and augment.seconds_per_sequence:  # the hard stop is on training; writing comes first
+        time_limit = max(time_limit - generated * augment.seconds_per_sequence, 0.2 * time_limit)
+    return TrainingPlan(
+        count,
+        tokens_per_step,
+        steps_per_epoch,
+        seconds_per_step,
+        reason,
+        time_limit,
+        generated=generated,
+        max_data_epochs=augment.max_data_epochs,
+        seconds_per_generated=augment.seconds_per_sequence,
+        sequence_tokens=tokens_per_step // augment.items_per_step,
+    )
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Teacher-written data for a causal-LM run whose plan would read a small data set too often (§7.4 seq-KD
+    as data augmentation). Repeating data past ~4 epochs is worth far less than fresh text (Muennighoff et al.,
+    2023, "Scaling Data-Constrained Language Models"); the teacher writes fresh, in-distribution text for free."""
+
+    real_items: int  # sequences of the user's data
+    items_per_step: int  # sequences per optimizer step
+    max_data_epochs: int = 4  # reads of each data sequence, at most
+    seconds_per_sequence: float | None = None  # measured cost of writing one sequence
+
+    def real_reads(self) -> int:
+        return self.real_items * self.max_data_epochs
+
+    def generated(self, steps: int) -> int:
+        """Sequences the teacher writes so `steps` steps read each data sequence at most `max_data_epochs` times."""
+        return max(0, steps * self.items_per_step - self.real_reads())
 
 
 def auto_eval_every(steps: int, evaluations: int = 20, minimum: int = 5) -> int:

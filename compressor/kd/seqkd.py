@@ -59,6 +59,43 @@ def generate_corpus(
     return torch.cat(rows)
 
 
+@torch.no_grad()
+def writing_seconds(
+    teacher, prompts: torch.Tensor, settings: SamplingSettings, pad_token_id: int, batch_size: int, probe: int = 8
+) -> float:
+    """Seconds to write one sequence, measured: a full batch samples `probe` tokens after a warm-up call, and the
+    per-token time is scaled to the sequence's new tokens. Decoding a short context costs about the same per token,
+    so this sizes a plan; it is an estimate, not a promise."""
+    import time
+
+    device = next(teacher.parameters()).device
+    rows = prompts[:batch_size, : settings.prompt_tokens]
+    if len(rows) < batch_size:
+        rows = rows.repeat(-(-batch_size // len(rows)), 1)[:batch_size]
+    rows = rows.to(device)
+    state = torch.random.get_rng_state()
+
+    def sample(tokens: int) -> float:
+        started = time.perf_counter()
+        teacher.generate(
+            input_ids=rows,
+            attention_mask=torch.ones_like(rows),
+            do_sample=True,
+            top_k=0,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            pad_token_id=pad_token_id,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    sample(2)
+    per_token = (sample(probe + 1) - sample(1)) / probe  # the prompt's prefill cancels out
+    torch.random.set_rng_state(state)
+    return max(per_token, 1e-9) * (settings.seq_len - settings.prompt_tokens) / batch_size
+
+
 def teacher_corpus(
     folder: Path,
     teacher,
@@ -67,6 +104,8 @@ def teacher_corpus(
     teacher_fingerprint: str,
     data_fingerprint: str,
     pad_token_id: int,
+    batch_size: int = 32,
+    progress=None,
 ) -> tuple[torch.Tensor, bool]:
     """Open the cached corpus in `folder` (refusing another teacher's or other data's), or generate it once.
 
@@ -85,7 +124,7 @@ def teacher_corpus(
     if len(prompts) < settings.sequences:
         repeats = -(-settings.sequences // len(prompts))
         prompts = prompts.repeat(repeats, 1)
-    blocks = generate_corpus(teacher, prompts, settings, pad_token_id)
+    blocks = generate_corpus(teacher, prompts, settings, pad_token_id, batch_size, progress)
     with atomic_directory(folder, owner=OWNER) as tmp:
         save_file({"ids": blocks.contiguous()}, tmp / "corpus.safetensors")
         (tmp / "index.json").write_text(

@@ -8,6 +8,7 @@ import pytest
 
 from compressor.errors import UserError
 from compressor.kd.budget import (
+    Augmentation,
     TrainingPlan,
     auto_eval_every,
     parse_duration,
@@ -87,3 +88,44 @@ def test_the_plan_survives_a_restart(tmp_path):
 def test_about_twenty_evaluations_per_run(steps):
     every = auto_eval_every(steps)
     assert every >= 5 and math.ceil(steps / every) <= 20
+
+
+def test_augmentation_reads_each_data_sequence_at_most_its_cap_and_writes_the_rest():
+    augment = Augmentation(real_items=100, items_per_step=8, max_data_epochs=4, seconds_per_sequence=0.01)
+    plan = plan_training(tokens_per_step=8 * 32, steps_per_epoch=12.5, seconds_per_step=0.1, augment=augment)
+    assert plan.reason == "max_epochs" and plan.steps == 250  # 20 epochs' worth of the data, as without augment
+    assert plan.generated == 250 * 8 - 4 * 100  # each of the 100 data sequences read 4 times, the teacher the rest
+    assert plan.data_epochs == 4 and plan.generated_tokens == plan.generated * 32
+    assert "teacher first writes" in plan.describe("cpu")
+
+
+def test_augmentation_is_not_used_while_the_data_covers_the_plan():
+    augment = Augmentation(real_items=1000, items_per_step=8, max_data_epochs=4, seconds_per_sequence=0.01)
+    plain = plan_training(tokens_per_step=256, steps_per_epoch=125, seconds_per_step=0.1, train_tokens=256 * 300)
+    plan = plan_training(
+        tokens_per_step=256, steps_per_epoch=125, seconds_per_step=0.1, train_tokens=256 * 300, augment=augment
+    )
+    assert plan == plain and plan.generated == 0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_time_cap_pays_for_the_writing_too(seed):
+    import random
+
+    rng = random.Random(seed)
+    augment = Augmentation(
+        real_items=rng.randint(8, 400),
+        items_per_step=rng.choice([4, 8, 16]),
+        max_data_epochs=rng.randint(1, 4),
+        seconds_per_sequence=rng.uniform(0.001, 0.2),
+    )
+    step = rng.uniform(0.01, 0.5)
+    limit = rng.uniform(5, 120)
+    plan = plan_training(
+        tokens_per_step=256, steps_per_epoch=augment.real_items / augment.items_per_step, seconds_per_step=step,
+        time_budget=limit, train_tokens=256 * 10_000, augment=augment,
+    )  # fmt: skip
+    spent = plan.steps * step + plan.generated * augment.seconds_per_sequence
+    assert plan.steps == 1 or spent <= limit + 1e-9
+    one_more = (plan.steps + 1) * step + augment.generated(plan.steps + 1) * augment.seconds_per_sequence
+    assert plan.reason == "time_budget" and one_more > limit  # and it takes all the time it can

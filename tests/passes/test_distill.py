@@ -207,3 +207,29 @@ def test_moe_routing_modes_need_an_moe_teacher(tiny_dirs, tmp_path):
     teacher = ModelIR.load(tiny_dirs["llama"])
     with pytest.raises(UserError, match="not a mixture of experts"):
         run_distill(teacher, tmp_path, train=dict(steps=1, batch_size=2, seq_len=32), teacher=dict(routing="ka"))
+
+
+def test_a_plan_past_the_data_s_repeat_cap_trains_on_teacher_written_text_for_the_rest(tiny_dirs, tmp_path):
+    """`data.source: auto`: each data block is read at most `max_data_epochs` times; the teacher writes the rest."""
+    from tests.helpers import DATA
+
+    lines = (DATA / "tinystories_dev.txt").read_text().split("\n\n")[:40]
+    small = tmp_path / "small.txt"
+    small.write_text("\n\n".join(lines))
+    teacher = ModelIR.load(tiny_dirs["llama"])
+    ctx = pass_context(teacher, tmp_path, corpus_file=str(small))
+    ctx.run_dir = tmp_path / "run"
+    student = teacher.drop_layers([0, 2])
+    config = DistillConfig(train=dict(tokens=6_000, batch_size=4, seq_len=16), data=dict(max_data_epochs=1))
+    Distill(config).run(student, ctx)
+    plan, mix = ctx.metrics["plan"], ctx.metrics["data_mix"]
+    assert plan["generated"] == mix["teacher_blocks"] > 0 and mix["data_reads"] == 1
+    reads = plan["steps"] * 4
+    assert reads <= mix["data_blocks"] + mix["teacher_blocks"] < reads + 4  # one pass over the pool, not more
+    assert ctx.metrics["teacher_corpus"]["reused"] is False
+
+    plain = pass_context(teacher, tmp_path / "plain", corpus_file=str(small))
+    Distill(DistillConfig(train=dict(tokens=6_000, batch_size=4, seq_len=16), data=dict(source="data"))).run(
+        student, plain
+    )
+    assert "data_mix" not in plain.metrics and plain.metrics["plan"]["generated"] == 0

@@ -80,6 +80,7 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     assert len(gathered["layers"]) == 3 and "gathered_ppl" in gathered
     markdown = (out / "REPORT.md").read_text()
     assert "## MoE → dense" in markdown and "Student ONNX (`model" in markdown
+    assert "## Training" in markdown and "set by the steps given" in markdown
     assert report["speed"]["measured"] and report["speed"]["student"]["latency"]["p50_ms"] > 0
     code, _, err = run(capsys, "bench", tiny_dirs["mixtral"], out, "--runs", "3", "--quiet")
     assert code == 0, err

@@ -233,3 +233,20 @@ def test_a_plan_past_the_data_s_repeat_cap_trains_on_teacher_written_text_for_th
         student, plain
     )
     assert "data_mix" not in plain.metrics and plain.metrics["plan"]["generated"] == 0
+
+
+def test_the_training_section_says_whose_text_the_student_read_and_which_step_was_kept():
+    from passes.distill_report import distill_section
+
+    plan = dict(tokens=4096, steps=2, tokens_per_step=2048, reason="max_epochs", estimated_seconds=30, data_epochs=4)
+    metrics = dict(
+        plan=plan, steps_done=2, tokens=4096, seconds=31, best_step=1, best_heldout=9.5,
+        evaluations=[{"step": 0, "perplexity": 12.0}, {"step": 1, "perplexity": 9.5}],
+        data_mix=dict(data_blocks=10, data_reads=4, teacher_blocks=24, teacher_tokens=3072),
+    )  # fmt: skip
+    text = "\n".join(distill_section(metrics))
+    assert "your 10 blocks read 4 times each, plus 24 blocks (3.07k tokens) that the teacher wrote" in text
+    assert "Kept the weights of step 1 (best perplexity" in text
+    assert "passes over your data" not in text
+    metrics.pop("data_mix")
+    assert "4.00 passes over your data" in "\n".join(distill_section(metrics))

@@ -83,6 +83,11 @@ def main() -> int:
         "distill_tokens": distill["metrics"].get("tokens"),
         "distill_plan": distill["metrics"].get("plan"),
         "distill_stopped": distill["metrics"].get("stopped"),
+        "distill_best_step": distill["metrics"].get("best_step"),
+        "distill_valid_curve": [
+            (e["step"], round(e["perplexity"], 3)) for e in distill["metrics"].get("evaluations") or []
+        ],
+        "data_mix": distill["metrics"].get("data_mix"),
         "passes": [p["name"] for p in report["passes"]],
         "gathered_ppl": (report["passes"][0]["metrics"] or {}).get("gathered_ppl"),
         "wall_seconds": round(seconds, 1),

@@ -241,8 +241,15 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
     total_steps: int = 1000  # the planned length (schedules of TAID, the replay scheduler); set before training
 
     def default_lr(self, ir: ModelIR) -> float:
-        """The learning rate when the recipe gives none: full fine-tuning rates (`lora_kd` uses higher ones)."""
-        return 1e-3 if ir.task == "causal-lm" else 2e-4
+        """The learning rate when the recipe gives none: full fine-tuning rates (`lora_kd` has its own).
+
+        Causal LMs: 3e-3 · √(64 / hidden), at most 3e-3 — narrower students take larger steps (Adam's update of a
+        wider matrix moves its output more). Measured at hidden 64, same tokens, one seed each: stories260K
+        student 9.51 → 8.64 held-out perplexity (1e-3 → 3e-3), MoE → dense Mixtral 9.94 → 9.59 and Qwen2-MoE
+        keeps 0.92 of its gain; at SmolLM2's hidden 576 the rule gives the 1e-3 earlier sessions measured with."""
+        if ir.task != "causal-lm":
+            return 2e-4
+        return min(3e-3, 3e-3 * math.sqrt(64 / ir.config.hidden_size))
 
     def trainable(self, model):
         """The module the trainer updates; `lora_kd` wraps it in adapters here."""

@@ -22,7 +22,9 @@ class TrainSettings(PassConfig):
     max_epochs: float = Field(default=20.0, gt=0, description="default length: passes over the data, at most")
     default_minutes: float = Field(default=10.0, gt=0, description="default length: minutes of training, at most")
     patience: int = Field(default=5, ge=0, description="held-out evaluations without improvement before stopping")
-    lr: float | None = Field(default=None, gt=0, description="default: 1e-3 for causal LMs, 2e-4 for encoders")
+    lr: float | None = Field(
+        default=None, gt=0, description="default: 3e-3·√(64/hidden), at most 3e-3, for causal LMs; 2e-4 for encoders"
+    )
     batch_size: int = Field(default=16, ge=1)
     seq_len: int = Field(default=128, ge=8, description="tokens per block (LM) or max sentence length (encoder)")
     grad_accumulation: int = Field(default=1, ge=1)

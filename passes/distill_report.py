@@ -44,8 +44,9 @@ def distill_section(metrics: dict) -> list[str]:
     best = metrics.get("best_step")
     if best is not None and metrics.get("evaluations"):
         name = next((k for k in metrics["evaluations"][-1] if k != "step"), "value")
+        value = metrics.get("best_heldout") or 0.0
         lines.append(
-            f"Kept the weights of step {best:,} (best {name} on the validation share, {metrics.get('best_heldout')}); "
+            f"Kept the weights of step {best:,} (best {name} on the validation share, {value:.4g}); "
             "the validation share is a part of the training data, never the held-out part this report measures."
         )
     return lines + [""]

@@ -250,3 +250,16 @@ def test_the_training_section_says_whose_text_the_student_read_and_which_step_wa
     assert "passes over your data" not in text
     metrics.pop("data_mix")
     assert "4.00 passes over your data" in "\n".join(distill_section(metrics))
+
+
+def test_default_learning_rate_shrinks_with_the_student_s_width():
+    from types import SimpleNamespace
+
+    def ir(task, hidden):
+        return SimpleNamespace(task=task, config=SimpleNamespace(hidden_size=hidden))
+
+    rate = Distill().default_lr
+    assert rate(ir("causal-lm", 64)) == pytest.approx(3e-3) and rate(ir("causal-lm", 32)) == pytest.approx(3e-3)
+    assert rate(ir("causal-lm", 576)) == pytest.approx(1e-3)
+    assert rate(ir("causal-lm", 2048)) < rate(ir("causal-lm", 576))
+    assert rate(ir("feature-extraction", 384)) == 2e-4

@@ -3,15 +3,7 @@ reader can tell a short run from a converged one and real data from teacher-writ
 
 from __future__ import annotations
 
-from compressor.kd.budget import human_count, human_duration
-
-WHY = {
-    "steps": "the steps given",
-    "train_tokens": "the token budget given",
-    "max_epochs": "the default length (a fixed multiple of the data's size)",
-    "time_budget": "the time budget given",
-    "default_time": "the default time cap",
-}
+from compressor.kd.budget import LENGTH_REASONS, human_count, human_duration
 
 
 def distill_section(metrics: dict) -> list[str]:
@@ -22,7 +14,7 @@ def distill_section(metrics: dict) -> list[str]:
         "## Training",
         "",
         f"Planned {human_count(plan['tokens'])} tokens ({plan['steps']:,} steps of {plan['tokens_per_step']:,}), "
-        f"set by {WHY.get(plan['reason'], plan['reason'])}"
+        f"set by the {LENGTH_REASONS.get(plan['reason'], plan['reason'])}"
         + (f", estimated {human_duration(plan['estimated_seconds'])}" if plan.get("estimated_seconds") else "")
         + ".",
     ]

@@ -51,6 +51,15 @@ def parse_duration(text: str | int | float, what: str = "--time-budget") -> floa
     return value
 
 
+LENGTH_REASONS = {  # what decided a plan's length, as the plan line and the report say it
+    "steps": "steps given",
+    "train_tokens": "token budget given",
+    "max_epochs": "default length",
+    "time_budget": "time budget given",
+    "default_time": "default time cap",
+}
+
+
 @dataclass(frozen=True)
 class TrainingPlan:
     steps: int
@@ -99,13 +108,7 @@ class TrainingPlan:
         }
 
     def describe(self, device: str) -> str:
-        why = {
-            "steps": "steps given",
-            "train_tokens": "token budget given",
-            "max_epochs": "default length",
-            "time_budget": "time budget given",
-            "default_time": "default time cap",
-        }[self.reason]
+        why = LENGTH_REASONS[self.reason]
         line = (
             f"training {human_count(self.tokens)} tokens ({self.steps:,} steps of {self.tokens_per_step:,} tokens, "
             f"{self.epochs:.2f}{'× the data' if self.generated else ' epochs of the data'}; {why})"
@@ -166,15 +169,15 @@ def plan_training(
         if augment is not None and augment.generated(affordable) > 0 and augment.seconds_per_sequence:
             # past the data's repeat cap every step also pays for the sequences the teacher writes for it
             per_step = seconds_per_step + augment.items_per_step * augment.seconds_per_sequence
-            free = augment.real_reads() / augment.items_per_step  # steps the data covers without writing
-            affordable = max(1, min(affordable, math.floor((limit + free * (per_step - seconds_per_step)) / per_step)))
+            writing_saved = augment.real_reads() * augment.seconds_per_sequence  # the data's reads cost no writing
+            affordable = max(1, min(affordable, math.floor((limit + writing_saved) / per_step)))
         if affordable < count:
             count, reason = affordable, ("time_budget" if time_budget else "default_time")
     # a measured estimate can be off: the hard stop sits a little past the budget the plan was sized for
     time_limit = limit * 1.2 if limit else None
-    if augment is None or augment.generated(count) == 0:
+    generated = augment.generated(count) if augment is not None else 0
+    if not generated:
         return TrainingPlan(count, tokens_per_step, steps_per_epoch, seconds_per_step, reason, time_limit)
-    generated = augment.generated(count)
     if time_limit and augment.seconds_per_sequence:  # the hard stop is on training; writing comes first
         time_limit = max(time_limit - generated * augment.seconds_per_sequence, 0.2 * time_limit)
     return TrainingPlan(

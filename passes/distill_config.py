@@ -19,7 +19,9 @@ class TrainSettings(PassConfig):
     steps: int | None = Field(default=None, ge=1, description="optimizer steps; default: planned from the budget")
     tokens: int | None = Field(default=None, ge=1, description="training tokens (budget.train_tokens)")
     time: float | None = Field(default=None, gt=0, description="seconds of training (budget.time)")
-    max_epochs: float = Field(default=20.0, gt=0, description="default length: passes over the data, at most")
+    max_epochs: float = Field(
+        default=20.0, gt=0, description="default length: passes over the data, at most (not when the teacher writes)"
+    )
     default_minutes: float = Field(default=10.0, gt=0, description="default length: minutes of training, at most")
     patience: int = Field(default=5, ge=0, description="held-out evaluations without improvement before stopping")
     lr: float | None = Field(

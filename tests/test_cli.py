@@ -6,6 +6,8 @@ import pytest
 from transformers import AutoModel, AutoModelForCausalLM
 
 from compressor.cli import main
+from compressor.ir.families.moe import MOE_KD_WEIGHT
+from passes.distill_config import DistillConfig
 from targets import get_target
 from tests.helpers import DATA, STORIES
 
@@ -73,6 +75,7 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["passes"]] == ["moe_to_dense", "distill", "export"]
+    assert report["passes"][1]["config"]["loss"]["alpha"] == MOE_KD_WEIGHT != DistillConfig().loss.alpha
     assert report["onnx"]["passed"]
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.model_type == "mistral"

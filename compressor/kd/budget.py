@@ -20,6 +20,7 @@ from compressor.errors import UserError
 PLAN_FILE = "plan.json"
 SIZE_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 TIME_SUFFIX = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
+UNBOUNDED_STEPS = 10**12  # a default length the time cap sets (see plan_training)
 
 
 def scaled_number(text: str | int | float, suffixes: dict[str, float], exponent: str = "") -> float | None:
@@ -153,16 +154,21 @@ def plan_training(
 
     With `augment`, the data is read at most `augment.max_data_epochs` times and the teacher writes the rest
     (`generated_sequences`); writing costs time, so a time cap counts it: steps S are affordable when
-    S·t_step + generated(S)·t_write ≤ limit."""
+    S·t_step + generated(S)·t_write ≤ limit. With no length given, `max_epochs` does not apply then: the data
+    is never read more than its repeat cap, so the default length is the time cap's."""
     if tokens_per_step <= 0 or steps_per_epoch <= 0:
         raise ValueError("tokens_per_step and steps_per_epoch must be positive")
     if steps:
         count, reason = steps, "steps"
     elif train_tokens:
         count, reason = max(1, math.ceil(train_tokens / tokens_per_step)), "train_tokens"
+    elif augment is not None and seconds_per_step:
+        # the epoch cap guards against reading a small data set too often; with fresh teacher-written text past
+        # the repeat cap nothing is over-read, so the time cap (and early stopping) alone end the run
+        count, reason = UNBOUNDED_STEPS, "default_time"
     else:
         count, reason = max(1, math.ceil(max_epochs * steps_per_epoch)), "max_epochs"
-    fixed = reason != "max_epochs"
+    fixed = reason in ("steps", "train_tokens")
     limit = time_budget if time_budget else (None if fixed else default_seconds)
     if limit and seconds_per_step:
         affordable = max(1, math.floor(limit / seconds_per_step))

@@ -92,11 +92,26 @@ def test_about_twenty_evaluations_per_run(steps):
 
 def test_augmentation_reads_each_data_sequence_at_most_its_cap_and_writes_the_rest():
     augment = Augmentation(real_items=100, items_per_step=8, max_data_epochs=4, seconds_per_sequence=0.01)
-    plan = plan_training(tokens_per_step=8 * 32, steps_per_epoch=12.5, seconds_per_step=0.1, augment=augment)
-    assert plan.reason == "max_epochs" and plan.steps == 250  # 20 epochs' worth of the data, as without augment
+    plan = plan_training(
+        tokens_per_step=8 * 32, steps_per_epoch=12.5, seconds_per_step=0.1, train_tokens=250 * 8 * 32, augment=augment
+    )
+    assert plan.reason == "train_tokens" and plan.steps == 250
     assert plan.generated == 250 * 8 - 4 * 100  # each of the 100 data sequences read 4 times, the teacher the rest
     assert plan.data_epochs == 4 and plan.generated_tokens == plan.generated * 32
     assert "teacher first writes" in plan.describe("cpu")
+
+
+def test_with_teacher_written_text_the_default_length_is_the_time_cap_not_the_epoch_cap():
+    augment = Augmentation(real_items=100, items_per_step=8, max_data_epochs=4, seconds_per_sequence=0.01)
+    settings = dict(tokens_per_step=8 * 32, steps_per_epoch=12.5, seconds_per_step=0.1, default_seconds=600.0)
+    plain = plan_training(**settings)
+    plan = plan_training(**settings, augment=augment)
+    assert plain.reason == "max_epochs" and plain.steps == 250  # 20 epochs of the data
+    assert plan.reason == "default_time" and plan.steps > plain.steps
+    spent = plan.steps * 0.1 + plan.generated * 0.01
+    one_more = (plan.steps + 1) * 0.1 + augment.generated(plan.steps + 1) * 0.01
+    assert spent <= 600.0 < one_more  # every step the ten minutes afford, the writing paid from them
+    assert plan.data_epochs == 4
 
 
 def test_augmentation_is_not_used_while_the_data_covers_the_plan():

@@ -30,6 +30,7 @@ DENSE_KEYS = (  # what a dense counterpart keeps of the MoE config: attention, n
     "attention_dropout", "sliding_window", "use_sliding_window", "max_window_layers", "attention_bias",
     "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "torch_dtype",
 )  # fmt: skip
+MOE_KD_WEIGHT = 0.25  # the default pipeline's distill loss.alpha for an MoE teacher (see default_pipeline)
 
 
 class MoEAdapter(LlamaAdapter):
@@ -42,9 +43,14 @@ class MoEAdapter(LlamaAdapter):
     def default_pipeline(self, budget_kind: str | None) -> list[dict]:
         """The MoE first becomes dense (`moe_to_dense`, its compression: every layer keeps one expert's compute),
         then is refined by distillation from the MoE; layers are dropped too only when a budget was asked for (a
-        latency budget: the dense student's shape is searched against measured latency)."""
+        latency budget: the dense student's shape is searched against measured latency).
+
+        The distillation weighs the data's cross-entropy more than the MoE's logits (α = 0.25, `MOE_KD_WEIGHT`):
+        the gathered student starts from the MoE's own weights, and on the MoE's fixture at the MoE's own training
+        tokens α 0.5 → 0.25 raised the share of the MoE's gain kept over a same-budget dense model from 0.74 to
+        0.79 (Mixtral) and 0.92 to 0.98 (Qwen2-MoE), while α = 1 fell to 0.43 (README, "MoE → dense")."""
         inherit = [{"search": {}}] if budget_kind == "latency" else [{"inherit": {}}] if budget_kind else []
-        return [{"moe_to_dense": {}}, *inherit, {"distill": {}}, {"export": {}}]
+        return [{"moe_to_dense": {}}, *inherit, {"distill": {"loss": {"alpha": MOE_KD_WEIGHT}}}, {"export": {}}]
 
     def genai_model_type(self, config) -> str | None:
         return None

@@ -73,6 +73,7 @@ def main() -> int:
     result = {
         "family": args.family,
         "recipe": args.recipe,
+        "recipe_text": Path(args.recipe).read_text() if args.recipe else None,
         "seed": args.seed,
         "heldout_tokens": int(held.numel()),
         "ppl": {k: round(v, 4) for k, v in ppl.items()},

@@ -20,7 +20,6 @@ from compressor.errors import UserError
 PLAN_FILE = "plan.json"
 SIZE_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 TIME_SUFFIX = {"": 1, "s": 1, "m": 60, "min": 60, "h": 3600}
-UNBOUNDED_STEPS = 10**12  # a default length the time cap sets (see plan_training)
 
 
 def scaled_number(text: str | int | float, suffixes: dict[str, float], exponent: str = "") -> float | None:
@@ -162,10 +161,10 @@ def plan_training(
         count, reason = steps, "steps"
     elif train_tokens:
         count, reason = max(1, math.ceil(train_tokens / tokens_per_step)), "train_tokens"
-    elif augment is not None and seconds_per_step:
+    elif augment is not None and seconds_per_step and (time_budget or default_seconds):
         # the epoch cap guards against reading a small data set too often; with fresh teacher-written text past
         # the repeat cap nothing is over-read, so the time cap (and early stopping) alone end the run
-        count, reason = UNBOUNDED_STEPS, "default_time"
+        count, reason = None, "default_time"  # set by the time cap just below
     else:
         count, reason = max(1, math.ceil(max_epochs * steps_per_epoch)), "max_epochs"
     fixed = reason in ("steps", "train_tokens")
@@ -177,7 +176,7 @@ def plan_training(
             per_step = seconds_per_step + augment.items_per_step * augment.seconds_per_sequence
             writing_saved = augment.real_reads() * augment.seconds_per_sequence  # the data's reads cost no writing
             affordable = max(1, min(affordable, math.floor((limit + writing_saved) / per_step)))
-        if affordable < count:
+        if count is None or affordable < count:
             count, reason = affordable, ("time_budget" if time_budget else "default_time")
     # a measured estimate can be off: the hard stop sits a little past the budget the plan was sized for
     time_limit = limit * 1.2 if limit else None

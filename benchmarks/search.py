@@ -65,6 +65,12 @@ def main() -> int:
     parser.add_argument("--student-budget", type=float, help="share of the teacher's parameters for the compared "
                         "students (default: --budget; MiniLM's depth-only student needs at least 0.61)")  # fmt: skip
     parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument(
+        "--kd-encoder-loss",
+        default="relations",
+        choices=("relations", "distill"),
+        help="encoders: the loss of the kd score's short distillation (search's kd_encoder_loss)",
+    )
     parser.add_argument("--scores", default="inherited,kd,diswot")
     parser.add_argument("--steps", type=int, default=600, help="KD steps every candidate trains")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -100,7 +106,8 @@ def main() -> int:
     if lm:
         training["tokens"] = args.steps * args.batch_size * args.seq_len
     result = {"teacher": args.teacher, "budget_params": args.budget, "training_each": training,
-              "teacher_quality": round(quality(teacher), 4), "candidates": {}}  # fmt: skip
+              "teacher_quality": round(quality(teacher), 4), "kd_encoder_loss": args.kd_encoder_loss,
+              "candidates": {}}  # fmt: skip
     earlier = json.loads(args.trained_from.read_text()) if args.trained_from else {}
     if earlier and {k: v for k, v in earlier.get("training_each", {}).items() if k in training} != training:
         sys.exit(f"--trained-from {args.trained_from}: trained as {earlier.get('training_each')}, not {training}")
@@ -115,7 +122,12 @@ def main() -> int:
         batches = list(calibration_batches(teacher, ctx, "search", 8, 8, args.seq_len))
         model = teacher.materialize()
         units = Prune(PruneConfig()).importance(teacher, model, batches)
-        scorers = {n: Search(SearchConfig(score=n)).scorer(teacher, model, ctx, batches, units, n) for n in names}
+        scorers = {
+            n: Search(SearchConfig(score=n, kd_encoder_loss=args.kd_encoder_loss)).scorer(
+                teacher, model, ctx, batches, units, n
+            )
+            for n in names
+        }
 
         def train(student: ModelIR, name: str, trained_tokens: int = 0, seed: int = 0) -> float:
             """`args.steps` of KD less what the student already trained on (the same token budget for all)."""
@@ -173,7 +185,9 @@ def main() -> int:
             earlier.pop("students", None)  # trained at another budget: nothing to reuse
         for name in names:
             search_ctx = context(teacher, corpus, scratch, student_budget, 0, f"search-{name}")
-            student = Search(SearchConfig(score=name, max_seconds=args.search_seconds)).run(teacher, search_ctx)
+            student = Search(
+                SearchConfig(score=name, max_seconds=args.search_seconds, kd_encoder_loss=args.kd_encoder_loss)
+            ).run(teacher, search_ctx)
             chosen[f"search_{name}"] = {**seeded(student, name, reuse=f"search_{name}"),
                                         "seconds": search_ctx.metrics["seconds"]}  # fmt: skip
         depth_ctx = context(teacher, corpus, scratch, student_budget, 0, "depth")

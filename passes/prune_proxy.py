@@ -66,11 +66,19 @@ def short_kd(teacher, student, blocks: torch.Tensor, settings: ProxySettings, de
 
 
 def short_kd_encoder(
-    teacher, student, texts: list[str], tokenizer, settings: ProxySettings, device: torch.device, max_len: int
+    teacher,
+    student,
+    texts: list[str],
+    tokenizer,
+    settings: ProxySettings,
+    device: torch.device,
+    max_len: int,
+    relations: bool = False,
 ) -> dict:
     """The encoder form of `short_kd`: `settings.steps` steps of the distill pass's encoder loss (embedding cosine
-    and hidden MSE, or the similarity relations when the student is narrower) on `texts`, cycled in a seeded order
-    the same for every candidate. Returns what `short_kd` does, tokens counted without padding."""
+    and hidden MSE, or the similarity relations when the student is narrower, or whatever its width with
+    `relations`) on `texts`, cycled in a seeded order the same for every candidate. Returns what `short_kd` does,
+    tokens counted without padding."""
     from compressor.data import encode_sentences
     from compressor.kd.losses import encoder_kd_loss
 
@@ -85,7 +93,7 @@ def short_kd_encoder(
         with torch.no_grad():
             target = teacher(**batch, output_hidden_states=True).hidden_states[-1]
         hidden = student(**batch, output_hidden_states=True).hidden_states[-1]
-        return encoder_kd_loss(hidden, target, batch["attention_mask"])[0]
+        return encoder_kd_loss(hidden, target, batch["attention_mask"], relations=relations)[0]
 
     return {**train_steps(student, loss, settings), "tokens": seen[0]}
 

@@ -6,8 +6,10 @@ least `min_budget_use` of the budget (a search under a budget should spend it). 
 
 - `inherited`: the shape realised from the teacher's weights (activation importance, as `prune` does), no
   training; quality = −KL to the teacher on the validation share (for encoders, −(1 − embedding agreement));
-- `kd`: the same after `kd_steps` of distillation (`passes.prune_proxy`: logit KL for causal LMs, the distill
-  pass's embedding loss for encoders), the expensive reference;
+- `kd`: the same after `kd_steps` of distillation (`passes.prune_proxy`: logit KL for causal LMs; for encoders
+  the similarity relations for every shape, `kd_encoder_loss`, since the distill pass's cosine + MSE, which only a
+  full-width shape can use, gives such shapes a head start in a few steps that full training does not keep), the
+  expensive reference;
 - `diswot`: DisWOT's training-free score at initialisation (`compressor.diswot`, causal LMs).
 
 Small spaces are enumerated; larger ones walked by regularised evolution, stopped by `max_seconds`. The output
@@ -65,6 +67,11 @@ class SearchConfig(PassConfig):
         default=10, ge=1, description="auto: kd only when a probe projects at least this many kd scores in max_seconds"
     )
     kd_batch_size: int = Field(default=8, ge=1)
+    kd_encoder_loss: Literal["relations", "distill"] = Field(
+        default="relations",
+        description="encoders, kd score: relations trains every shape on the similarity relations whatever its "
+        "width; distill uses the distill pass's loss (cosine + MSE for full-width shapes), which favours them",
+    )
     calibration_batches: int = Field(default=8, ge=1)
     calibration_batch_size: int = Field(default=8, ge=1)
     seq_len: int = Field(default=128, ge=8)
@@ -227,8 +234,9 @@ class Search(Pass):
         lr = Distill(Distill.Config()).default_lr(ir)  # the proxy trains as distillation will
         settings = ProxySettings(steps=steps, batch_size=cfg.kd_batch_size, lr=lr, seed=ctx.seed)
         texts = (sentences(corpus.train) or list(corpus.train))[: steps * cfg.kd_batch_size]
+        relations = cfg.kd_encoder_loss == "relations"
         return lambda student: short_kd_encoder(model, student, texts, ctx.tokenizer, settings, ctx.device,
-                                                cfg.seq_len)  # fmt: skip
+                                                cfg.seq_len, relations=relations)  # fmt: skip
 
     @staticmethod
     def seed_shapes(ir: ModelIR, cost, target: float) -> list[Shape]:

@@ -87,12 +87,15 @@ def encoder_kd_loss(
     attention_mask: torch.Tensor,
     cosine_weight: float = 1.0,
     mse_weight: float = 1.0,
+    relations: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Encoder distillation: cosine on mean-pooled embeddings plus MSE on last hidden states (pads excluded).
     A student narrower than its teacher (hidden pruning) has no common space to compare in: it learns the
     teacher's similarity structure instead, between the sentences of the batch and between each sentence's tokens
-    (`similarity_matrix_loss`, `token_relation_loss`, in place of cosine and MSE, with the same weights)."""
-    if student_hidden.shape[-1] != teacher_hidden.shape[-1]:
+    (`similarity_matrix_loss`, `token_relation_loss`, in place of cosine and MSE, with the same weights).
+    `relations` asks for that form whatever the widths: a comparison of shapes must train every one of them on the
+    same objective (`search`'s short-distillation proxy)."""
+    if relations or student_hidden.shape[-1] != teacher_hidden.shape[-1]:
         pooled = similarity_matrix_loss(
             mean_pool(student_hidden, attention_mask), mean_pool(teacher_hidden, attention_mask)
         )

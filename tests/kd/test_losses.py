@@ -133,3 +133,15 @@ def test_a_narrower_student_is_distilled_on_relations_with_gradients():
     loss, parts = encoder_kd_loss(student, torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.long))
     loss.backward()
     assert set(parts) == {"relation", "token_relation"} and student.grad.abs().sum() > 0
+
+
+def test_relations_form_on_an_equal_width_student_ignores_scale_where_the_direct_form_does_not():
+    """`search` trains every shape on the relations (`relations=True`), full-width ones included."""
+    torch.manual_seed(0)
+    teacher = torch.randn(3, 5, 16)
+    mask = torch.ones(3, 5, dtype=torch.long)
+    scaled = 3.0 * teacher
+    relations, parts = encoder_kd_loss(scaled, teacher, mask, relations=True)
+    assert set(parts) == {"relation", "token_relation"} and relations < 1e-10
+    direct, parts = encoder_kd_loss(scaled, teacher, mask)
+    assert set(parts) == {"cosine", "mse"} and direct > 1.0

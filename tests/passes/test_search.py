@@ -115,3 +115,32 @@ def test_the_encoder_kd_proxy_lowers_the_distill_pass_loss_to_the_teacher(tiny_d
                            torch.device("cpu"), 16)  # fmt: skip
     assert run["steps"] == 30 and run["tokens"] == 30 * int(batch["attention_mask"].sum())
     assert loss() < 0.5 * before and not any(p.requires_grad for p in student.parameters())
+
+
+def test_the_encoder_kd_proxy_trains_full_width_shapes_on_the_relations_by_default(tiny_dirs):
+    """A full-width copy of the teacher with its output scaled by 3 has the teacher's similarity structure: the
+    relations proxy (search's default for encoders) sees nothing to learn, the distill pass's cosine + MSE does."""
+    from passes.base import load_tokenizer
+    from passes.prune_proxy import ProxySettings, short_kd_encoder
+
+    assert SearchConfig().kd_encoder_loss == "relations"
+    ir = ModelIR.load(tiny_dirs["bert"])
+    teacher, tokenizer = ir.materialize(), load_tokenizer(ir.tokenizer_dir)
+    texts = [f"the {w} sat on the mat by the door" for w in ("cat", "dog", "bird", "fox", "child", "old man")]
+    settings = ProxySettings(steps=5, batch_size=6, lr=1e-4)
+    ends = {}
+    for relations in (True, False):
+        student = ir.materialize()
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0  # the proxy trains in train mode: only the scale may differ from the teacher
+            if hasattr(module, "dropout_prob"):
+                module.dropout_prob = 0.0  # SDPA attention's own dropout
+        norm = student.encoder.layer[-1].output.LayerNorm
+        with torch.no_grad():
+            norm.weight.mul_(3.0)
+            norm.bias.mul_(3.0)
+        run = short_kd_encoder(teacher, student, texts, tokenizer, settings, torch.device("cpu"), 16,
+                               relations=relations)  # fmt: skip
+        ends[relations] = run["loss_end"]
+    assert ends[True] < 1e-4 and ends[False] > 0.1

@@ -15,6 +15,10 @@ least `min_budget_use` of the budget (a search under a budget should spend it). 
 Small spaces are enumerated; larger ones walked by regularised evolution, stopped by `max_seconds`. The output
 is the teacher cut to the best shape by inheritance, ready for `distill`; the report lists the best candidates,
 the Pareto front of quality against cost and a plot of it.
+
+With `fallback: prune` (the default pipeline under a params or FLOPs budget) a search that would take more than
+`run_share` of the run's training (`passes.search_share`) is not run: `prune` chooses the shape itself, and the
+report says why.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from passes.prune_cut import loss_to_teacher, prune_to, validation_blocks
 from passes.prune_proxy import ProxySettings, short_kd, short_kd_encoder
 from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, config_of, shape_of, tied_head_size
 from passes.search_latency import LatencyCost, verified_best
-from passes.search_report import plot_front, search_lines
+from passes.search_report import fallback_lines, plot_front, search_lines
+from passes.search_share import Probe, RunLength, affordable_scores, readable_seconds, run_seconds
 from passes.search_space import SearchSpace, pareto_front, regularised_evolution, shape_name
 
 
@@ -77,6 +82,18 @@ class SearchConfig(PassConfig):
     seq_len: int = Field(default=128, ge=8)
     score_blocks: int = Field(default=16, ge=1, description="validation blocks for the inherited and kd scores")
     top: int = Field(default=12, ge=1, description="candidates listed in the report")
+    fallback: Literal["none", "prune"] = Field(
+        default="none",
+        description="prune: when the search would take more than run_share of the run's training, let prune choose "
+        "the shape (params and FLOPs budgets; the default pipeline's setting)",
+    )
+    run_share: float = Field(
+        default=0.25, gt=0, le=1, description="fallback: scoring takes at most this share of the run's training time"
+    )
+    min_scores: int = Field(
+        default=10, ge=1, description="fallback: shapes beyond prune's own candidates that must fit the share"
+    )
+    train: RunLength = Field(default_factory=RunLength, description="the run's training length (fallback)")
 
 
 def progress(ctx: PassContext):
@@ -89,9 +106,12 @@ class Search(Pass):
     name = "search"
     Config = SearchConfig
     needs_data = True
+    trains = True  # takes the run's training length, which a fallback search measures its share against
 
     @classmethod
     def report_lines(cls, report: dict, metrics: dict) -> list[str]:
+        if "fallback" in metrics:
+            return fallback_lines(metrics["fallback"]) + Prune.report_lines(report, metrics)
         return search_lines(metrics)
 
     def check(self, ir: ModelIR, budget: Budget) -> None:
@@ -107,9 +127,12 @@ class Search(Pass):
             raise UserError(f"{self.where}.score: diswot needs a language-model head (causal LMs only)")
         if budget.kind != "latency":
             budget_target(ir, budget)
+        elif cfg.fallback == "prune":
+            raise UserError(f"{self.where}.fallback: prune chooses shapes under params or FLOPs budgets, not latency")
 
     def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
         cfg: SearchConfig = self.config
+        ctx_started = time.perf_counter()
         self.check(ir, ctx.budget)
         tied = tied_head_size(ir)
         space = SearchSpace(shape_of(ir), tied, tuple(ir.adapter.cuttable_for(ir.config)),
@@ -132,21 +155,42 @@ class Search(Pass):
         model = ir.materialize(ctx.device)
         scores = Prune(PruneConfig()).importance(ir, model, batches)  # every unit scored once, as prune does
         seeds = self.seed_shapes(ir, cost, target)
-        probe = seeds[0] if seeds else space.teacher
-        score_name, why = self.score_kind(ir, lambda: self.seconds_per_kd(ir, model, ctx, prune_to(ir, probe, scores)))
+        first = seeds[0] if seeds else space.teacher
+        probe = self.prober(ir, model, ctx, prune_to(ir, first, scores))
+        limit, source = cfg.max_seconds, "max_seconds"
+        if cfg.fallback == "prune":
+            run, length = run_seconds(cfg.train, probe)
+            share = cfg.run_share * run - (time.perf_counter() - ctx_started)
+            if share < limit:
+                limit = share
+                source = f"{cfg.run_share:.0%} of the run's {readable_seconds(run)} of training ({length})"
+            if limit <= 0:
+                return self.fall_back(ir, ctx, f"no time left for scoring within {source}")
+        score_name, why = self.score_kind(ir, lambda: probe().seconds_per_step * cfg.kd_steps, limit, source)
         score = self.scorer(ir, model, ctx, batches, scores, score_name)
-        started, deadline = time.perf_counter(), time.perf_counter() + cfg.max_seconds
+        started, deadline = time.perf_counter(), time.perf_counter() + limit
         seconds: list[float] = []
+        done: dict[Shape, float] = {}
 
         def timed(shape: Shape) -> float:
+            if shape in done:
+                return done[shape]
             if seconds and time.perf_counter() > deadline:
                 return float("-inf")  # out of time (after the first score): never chosen, not listed
             begin = time.perf_counter()
-            value = score(shape)
+            done[shape] = score(shape)
             seconds.append(time.perf_counter() - begin)
-            return value
+            return done[shape]
 
-        strategy, scored = self.walk(space, fits, timed, seeds)
+        affordable = None
+        if cfg.fallback == "prune":
+            timed(first)  # one score timed (and kept): the search's cost is known before it is spent
+            needed = len([s for s in dict.fromkeys(seeds) if fits(s)]) + cfg.min_scores
+            affordable, short = affordable_scores(limit, seconds[0], needed, source)
+            if short:
+                return self.fall_back(ir, ctx, short)
+            progress(ctx)(f"search: about {affordable:,} scores of {seconds[0]:.2g} s fit {source}")
+        strategy, scored = self.walk(space, fits, timed, seeds, affordable)
         scored = {s: v for s, v in scored.items() if v != float("-inf")}
         if not scored:
             raise UserError(
@@ -170,6 +214,7 @@ class Search(Pass):
                 "seconds": round(time.perf_counter() - started, 1),
                 "seconds_per_score": round(sum(seconds) / max(len(seconds), 1), 3),
                 "stopped_by_time": time.perf_counter() > deadline,
+                "time_limit": {"seconds": round(limit, 1), "set_by": source},
                 "cost": cost.measure,
                 "target": target,
                 "chosen": shape_name(best),
@@ -196,7 +241,7 @@ class Search(Pass):
             row["latency_measured"] = shape_name(shape) in cost.table.measured
         return row
 
-    def score_kind(self, ir: ModelIR, seconds_per_kd) -> tuple[str, str]:
+    def score_kind(self, ir: ModelIR, seconds_per_kd, limit: float, source: str) -> tuple[str, str]:
         """The score to use and why: `auto` is the short-KD proxy (rank correlation with trained quality 0.93 on
         stories260K and 0.86 on MiniLM, against the inherited score's −0.19 and 0.21; README) when this machine can
         afford `min_kd_scores` of them in `max_seconds` (a 135M teacher on 2 CPU cores cannot: one kd score is
@@ -205,17 +250,41 @@ class Search(Pass):
         if cfg.score != "auto":
             return cfg.score, "asked for"
         each = seconds_per_kd()
-        if each * cfg.min_kd_scores > cfg.max_seconds:
+        if each * cfg.min_kd_scores > limit:
             return "inherited", (
-                f"auto: one kd score takes about {each:,.0f} s here, so max_seconds {cfg.max_seconds:g} would score "
-                f"only {int(cfg.max_seconds // max(each, 1e-9))} shapes (< min_kd_scores {cfg.min_kd_scores})"
+                f"auto: one kd score takes about {each:,.0f} s here, so {source} ({readable_seconds(limit)}) would "
+                f"score only {int(limit // max(each, 1e-9))} shapes (< min_kd_scores {cfg.min_kd_scores})"
             )
         return "kd", "auto: the short-distillation proxy ranks shapes best and fits the time"
 
-    def seconds_per_kd(self, ir: ModelIR, model, ctx: PassContext, student_ir: ModelIR) -> float:
-        """Seconds one kd score would take, from 3 timed distillation steps of `student_ir` (a seed shape)."""
-        run = self.distiller(ir, model, ctx, 3)(student_ir.materialize(ctx.device))
-        return run["seconds_per_step"] * self.config.kd_steps
+    def prober(self, ir: ModelIR, model, ctx: PassContext, student_ir: ModelIR):
+        """A `Probe` of 3 timed distillation steps of `student_ir` (a seed shape), measured on first call only:
+        it prices a kd score and the run's training."""
+        measured: list[Probe] = []
+
+        def probe() -> Probe:
+            if not measured:
+                run = self.distiller(ir, model, ctx, 3)(student_ir.materialize(ctx.device))
+                measured.append(Probe(run["seconds_per_step"], run["tokens"] / 3, self.config.kd_batch_size))
+            return measured[0]
+
+        return probe
+
+    def fall_back(self, ir: ModelIR, ctx: PassContext, why: str) -> ModelIR:
+        """`prune`'s own choice of shape (its default config), the reason kept for the report and said now."""
+        progress(ctx)(f"search: not run: {why}; prune chooses the shape")
+        student = Prune(PruneConfig()).run(ir, ctx)
+        ctx.metrics["fallback"] = {"to": "prune", "why": why}
+        return student
+
+    def enumerable(self, space: SearchSpace, fits) -> list[Shape] | None:
+        """The fitting shapes when the walk enumerates them (a small space, or asked), else None."""
+        cfg: SearchConfig = self.config
+        if cfg.strategy == "exhaustive" or (cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 5):
+            fitting = [s for s in space.all_shapes() if fits(s)]  # counted once; a large space is not counted
+            if cfg.strategy == "exhaustive" or len(fitting) <= cfg.max_exhaustive:
+                return fitting
+        return None
 
     def distiller(self, ir: ModelIR, model, ctx: PassContext, steps: int):
         """`steps` of short distillation from the teacher `model`, the same data in the same order for every
@@ -245,17 +314,22 @@ class Search(Pass):
         among, and a short search still starts from sensible shapes."""
         return list(candidate_shapes(ir, target, cost).values())
 
-    def walk(self, space: SearchSpace, fits, score, seeds: list[Shape]) -> tuple[str, dict[Shape, float]]:
-        """Enumerate the fitting shapes when they are few (or asked), else regularised evolution; `seeds` (shapes
-        off the grid, such as prune's candidates) are scored first either way when they fit."""
+    def walk(
+        self, space: SearchSpace, fits, score, seeds: list[Shape], affordable: int | None = None
+    ) -> tuple[str, dict[Shape, float]]:
+        """Enumerate the fitting shapes when they are few (or asked) and, given `affordable`, all of them can be
+        scored in the time; else regularised evolution (its population at most half the affordable scores, so
+        the other half evolves); `seeds` (shapes off the grid, such as prune's candidates) are scored first either
+        way when they fit."""
         cfg: SearchConfig = self.config
         seeds = [s for s in dict.fromkeys(seeds) if fits(s)]
-        fitting = None
-        if cfg.strategy == "exhaustive" or (cfg.strategy == "auto" and space.size() <= cfg.max_exhaustive * 5):
-            fitting = [s for s in space.all_shapes() if fits(s)]  # counted once; a large space is not counted
-        if fitting is not None and (cfg.strategy == "exhaustive" or len(fitting) <= cfg.max_exhaustive):
-            return "exhaustive", {s: score(s) for s in dict.fromkeys([*seeds, *fitting])}
-        scored = regularised_evolution(space, score, fits, cfg.population, cfg.sample, cfg.cycles,
+        fitting = self.enumerable(space, fits)
+        if fitting is not None:
+            shapes = list(dict.fromkeys([*seeds, *fitting]))
+            if affordable is None or len(shapes) <= affordable or cfg.strategy == "exhaustive":
+                return "exhaustive", {s: score(s) for s in shapes}
+        population = cfg.population if affordable is None else max(min(cfg.population, affordable // 2), 2)
+        scored = regularised_evolution(space, score, fits, population, min(cfg.sample, population), cfg.cycles,
                                        seed=0, start=[*seeds, space.teacher])  # fmt: skip
         return "evolution", scored
 

@@ -15,8 +15,14 @@ SCORES = {
 COSTS = {"params": "parameters", "flops": "FLOPs per token", "latency": "ms of batch-1 latency"}
 
 
+def fallback_lines(fallback: dict) -> list[str]:
+    """The search that was not run, and why (prune's section follows with the shape it chose)."""
+    return ["## Search", "", f"Not run: {fallback['why']}. `prune` chose the shape instead (below).", ""]
+
+
 def search_lines(metrics: dict) -> list[str]:
-    timing = " (stopped by max_seconds)" if metrics.get("stopped_by_time") else ""
+    limit = metrics.get("time_limit", {"set_by": "max_seconds"})["set_by"]
+    timing = f" (stopped by the time limit: {limit})" if metrics.get("stopped_by_time") else ""
     latency = metrics.get("latency")
     margin = ""
     if latency and latency.get("margin"):

@@ -349,16 +349,21 @@ def test_a_parameter_budget_from_the_command_line_prunes_with_a_recipe_and_repor
     assert AutoModelForCausalLM.from_pretrained(out / "student").num_parameters() == report["student"]["params"]
 
 
-def test_a_bare_budget_is_a_parameter_share_and_prunes_by_default(capsys, tmp_path, tiny_dirs):
+def test_a_bare_budget_is_a_parameter_share_searched_by_default_or_pruned_when_the_run_is_short(
+    capsys, tmp_path, tiny_dirs
+):
     out = tmp_path / "run"
     args = ["model", tiny_dirs["llama"], "--budget", "0.6", "--steps", "2", "--data", DATA / "tinystories_dev.txt"]
     code, _, err = run(capsys, *args, "--out", out, "--quiet", "--no-bench")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
-    assert [p["name"] for p in report["passes"]] == ["prune", "distill", "export"]
+    assert [p["name"] for p in report["passes"]] == ["search", "distill", "export"]
+    assert report["passes"][0]["config"]["train"]["steps"] == 2  # the run's length, which the search's share is of
+    assert report["passes"][0]["metrics"]["fallback"]["to"] == "prune"  # 2 steps: any search is over its share
     assert report["student"]["params"] <= 0.6 * report["teacher"]["params"]
     markdown = (out / "REPORT.md").read_text()
     assert "of the teacher's parameters are embeddings" in markdown and "Shape chosen among candidates" in markdown
+    assert "## Search\n\nNot run: " in markdown
 
 
 def test_a_recipe_that_makes_an_moe_dense_then_prunes_it_is_checked_against_the_model_each_pass_sees(

@@ -144,3 +144,19 @@ def test_the_encoder_kd_proxy_trains_full_width_shapes_on_the_relations_by_defau
                                relations=relations)  # fmt: skip
         ends[relations] = run["loss_end"]
     assert ends[True] < 1e-4 and ends[False] > 0.1
+
+
+def test_a_fallback_search_runs_within_its_share_of_the_run_and_else_lets_prune_choose(tiny_dirs, tmp_path):
+    ir = ModelIR.load(tiny_dirs["llama"])
+    small = dict(score="inherited", calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1,
+                 min_budget_use=0.9, fallback="prune")  # fmt: skip
+    _, searched = search(ir, tmp_path / "long", Budget(params=0.6), train={"time": 3600.0}, **small)
+    assert "fallback" not in searched and searched["scored"] > 1
+    student, fell = search(ir, tmp_path / "short", Budget(params=0.6), train={"steps": 1}, **small)
+    assert fell["fallback"]["to"] == "prune" and "1 steps at the measured step time" in fell["fallback"]["why"]
+    assert "strategy" not in fell and fell["candidates"]  # prune's own metrics: its candidate shapes
+    assert student.summary()["totals"]["params"] <= 0.6 * ir.summary()["totals"]["params"]
+    text = "\n".join(Search.report_lines({}, fell))
+    assert "Not run: no time left for scoring within 25% of the run" in text
+    with pytest.raises(UserError, match="fallback: prune chooses shapes under params or FLOPs budgets"):
+        Search(SearchConfig(fallback="prune")).check(ir, Budget(latency="5ms"))

@@ -144,12 +144,14 @@ class FamilyAdapter(ABC):
         }
 
     def default_pipeline(self, budget_kind: str | None) -> list[dict]:
-        """The passes `compress model` runs with no recipe: under a parameter or FLOPs budget, structured pruning
-        (width and depth, the shape chosen by measurement); under a latency budget, `search` over shapes measured
-        on the target (it cuts the chosen shape with prune's importance); else inherit layers by importance; then
-        distil and export."""
-        shrink = {"prune": {}} if budget_kind in ("params", "flops") else {"inherit": {}}
-        if budget_kind == "latency":
+        """The passes `compress model` runs with no recipe: under a parameter or FLOPs budget, `search` for the
+        student's shape, cut from the teacher by prune's importance, unless the search would take more than a
+        quarter of the run's training (then `prune` chooses among its own few shapes); under a latency budget,
+        `search` over shapes measured on the target; else inherit layers by importance; then distil and export."""
+        shrink = {"inherit": {}}
+        if budget_kind in ("params", "flops"):
+            shrink = {"search": {"fallback": "prune"}}
+        elif budget_kind == "latency":
             shrink = {"search": {}}
         return [shrink, {"distill": {}}, {"export": {}}]
 

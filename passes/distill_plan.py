@@ -29,7 +29,8 @@ class TrainingPlanner:
         stored = TrainingPlan.load(ctx.run_dir)
         if stored is not None:
             return stored
-        seconds, tokens = measure_step_seconds(student, data, loss_fn, accelerator, state)
+        accumulation = cfg.train.grad_accumulation
+        seconds, tokens = measure_step_seconds(student, data, loss_fn, accelerator, state, accumulation=accumulation)
         items_per_step = data.batch_size * data.world * cfg.train.grad_accumulation
         settings = dict(
             tokens_per_step=tokens * cfg.train.grad_accumulation * accelerator.num_processes,

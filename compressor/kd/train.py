@@ -31,6 +31,7 @@ from compressor.kd.checkpoints import (
     save_checkpoint,
     truncate_metrics,
 )
+from compressor.kd.step_time import update_seconds
 
 
 class Stateful(Protocol):
@@ -184,16 +185,20 @@ def measure_step_seconds(
     state: Stateful | None = None,
     probes: int = 6,
     probe_seconds: float = 30.0,
+    accumulation: int = 1,
 ) -> tuple[float, int]:
-    """Seconds of one micro-batch (forward, loss, backward) and its tokens, timed on the first batches.
+    """Seconds of one micro-batch (forward, loss, backward) plus its share of the optimizer step (the update,
+    `kd.step_time.update_seconds`, once every `accumulation` micro-batches) and its tokens, timed on the first
+    batches.
 
     The lower quartile of the timed probes (after a warm-up call) counts: on a 2-core machine single timings
     came out up to 1.8× the run's real step time, and a plan sized on them trained 40 % short of its time cap
     (a hard stop at 1.2× the cap guards the other side). Probing ends after `probes` calls, or after three once
     `probe_seconds` have passed (large models).
 
-    Changes nothing the run depends on: no optimizer step, gradients cleared, RNG and loss-schedule state
-    restored, so a planned run trains exactly as one whose length was given.
+    Changes nothing the run depends on: no optimizer step on the model (the update is timed on copies),
+    gradients cleared, RNG and loss-schedule state restored, so a planned run trains exactly as one whose length
+    was given.
     """
     from compressor.kd.checkpoints import restore_rng, rng_state
 
@@ -213,14 +218,14 @@ def measure_step_seconds(
         tokens = int(batch["input_ids"].numel())
         if len(times) >= 3 and sum(times) > probe_seconds:
             break
+    update = update_seconds(model)  # AdamW and clipping, timed on copies (kd.step_time): before grads are cleared
     model.zero_grad(set_to_none=True)
     restore_rng(tensors, plain)
     if state is not None:
         state.load_state_dict(saved)
     timed = sorted(times[1:] or times)  # the first call pays for allocations and kernel selection
-    optimizer_share = 1.1  # AdamW's update and gradient clipping on top of the backward pass
     # the lower quartile, not the minimum: encoder batches differ in length, and the shortest is not typical
-    return timed[len(timed) // 4] * optimizer_share, tokens
+    return timed[len(timed) // 4] + update / accumulation, tokens
 
 
 # ---- the loop -----------------------------------------------------------------------------------------

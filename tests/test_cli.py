@@ -76,6 +76,7 @@ def test_moe_teacher_default_run_is_moe_to_dense_distill_export(capsys, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["passes"]] == ["moe_to_dense", "distill", "export"]
     assert report["passes"][1]["config"]["loss"]["alpha"] == MOE_KD_WEIGHT != DistillConfig().loss.alpha
+    assert report["passes"][1]["config"]["data"]["source"] == "data" != DistillConfig().data.source
     assert report["onnx"]["passed"]
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.model_type == "mistral"

@@ -1,5 +1,7 @@
 """The teacher-written corpus (§7.4 seq_kd): the cost estimate a plan is sized on, and the cache's refusals."""
 
+import time
+
 import pytest
 import torch
 
@@ -7,28 +9,44 @@ from compressor.errors import UserError
 from compressor.kd.seqkd import SamplingSettings, teacher_corpus, writing_seconds
 
 
+class FakeClock:
+    """`time.perf_counter` for a test: it moves only when the code under test is said to spend time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class RecordingTeacher(torch.nn.Module):
     """Stands in for a causal LM: `generate` appends random tokens and records what it was asked for."""
 
-    def __init__(self):
+    def __init__(self, clock=None):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.calls: list[tuple[int, int]] = []
+        self.clock = clock
 
     def generate(self, input_ids, max_new_tokens, **_):
         self.calls.append((len(input_ids), max_new_tokens))
+        if self.clock is not None:
+            self.clock.now += 0.5 + 0.01 * max_new_tokens  # a fixed cost per call, then a cost per new token
         torch.rand(1)  # consumes the global RNG, as sampling does
         return torch.cat([input_ids, torch.randint(3, 50, (len(input_ids), max_new_tokens))], dim=1)
 
 
-def test_the_writing_estimate_times_whole_sequences_of_a_full_batch_and_leaves_the_rng_alone():
+def test_the_writing_estimate_times_whole_sequences_of_a_full_batch_and_leaves_the_rng_alone(monkeypatch):
     """A short probe scaled up missed the call's fixed cost and the longer contexts' dearer tokens (20 % low)."""
-    teacher = RecordingTeacher()
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    teacher = RecordingTeacher(clock)
     settings = SamplingSettings(sequences=100, seq_len=40, prompt_tokens=8)
     prompts = torch.randint(3, 50, (5, 40))  # fewer rows than a batch: repeated to fill it
     before = torch.random.get_rng_state()
     seconds = writing_seconds(teacher, prompts, settings, pad_token_id=0, batch_size=16, repeats=2)
-    assert seconds > 0 and torch.equal(torch.random.get_rng_state(), before)
+    assert seconds == pytest.approx((0.5 + 0.01 * 32) / 16)  # a whole call, fixed cost included, per sequence
+    assert torch.equal(torch.random.get_rng_state(), before)
     assert teacher.calls[0] == (16, 2)  # the warm-up
     assert teacher.calls[1:] == [(16, 32), (16, 32)]  # seq_len − prompt_tokens new tokens, a full batch
 

@@ -16,9 +16,9 @@ Small spaces are enumerated; larger ones walked by regularised evolution, stoppe
 is the teacher cut to the best shape by inheritance, ready for `distill`; the report lists the best candidates,
 the Pareto front of quality against cost and a plot of it.
 
-With `fallback: prune` (the default pipeline under a params or FLOPs budget) a search that would take more than
-`run_share` of the run's training (`passes.search_share`) is not run: `prune` chooses the shape itself, and the
-report says why.
+With `fallback: prune` (the default pipeline under a params or FLOPs budget) the search gets at most `run_share`
+of the run's training time (`passes.search_share`); when that time cannot score prune's own candidates and
+`min_scores` more, `prune` chooses the shape itself, and the report says why.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class SearchConfig(PassConfig):
     top: int = Field(default=12, ge=1, description="candidates listed in the report")
     fallback: Literal["none", "prune"] = Field(
         default="none",
-        description="prune: when the search would take more than run_share of the run's training, let prune choose "
-        "the shape (params and FLOPs budgets; the default pipeline's setting)",
+        description="prune: score for at most run_share of the run's training and let prune choose the shape when "
+        "that cannot score its candidates and min_scores more (params and FLOPs budgets; the default pipeline's)",
     )
     run_share: float = Field(
         default=0.25, gt=0, le=1, description="fallback: scoring takes at most this share of the run's training time"

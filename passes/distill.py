@@ -127,14 +127,13 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
             data, loss_fn, evaluate = self.classifier_setup(ctx, teacher, shard)
         else:
             data, loss_fn, evaluate = self.encoder_setup(ctx, teacher, shard)
-        plan = self.plan(ctx, student, data, loss_fn, accelerator, state, teacher if self.augments(ir) else None)
+        writer = teacher if self.augments(ir) else None
+        plan = self.plan(ctx, student, data, loss_fn, accelerator, state, writer, evaluate, ir.task == "causal-lm")
         if plan.generated:
             data = self.augmented(ctx, teacher, plan, shard)
         self.total_steps = plan.steps
         eval_every = auto_eval_every(plan.steps) if cfg.train.eval_every is None else cfg.train.eval_every
-        # held-out blocks per evaluation: a forward pass costs about a third of a training step, so 15% of the
-        # blocks trained between two evaluations keeps evaluation near 5% of the run
-        self.eval_count = cfg.train.eval_blocks or min(64, max(8, math.ceil(0.15 * eval_every * cfg.train.batch_size)))
+        self.eval_count = self.evaluation_items(eval_every or 1, ir.task == "causal-lm")
         config = dataclasses.replace(
             config, steps=plan.steps, eval_every=eval_every or None, time_limit=plan.time_limit
         )
@@ -160,7 +159,7 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
                 "best_heldout": result.best.value,
                 "restored_best": result.restored_best,
                 "eval_every": eval_every,
-                "eval_blocks": self.eval_count,
+                "eval_items": self.eval_count,
             }
         )
         stride = max(1, len(result.losses) // 200)
@@ -237,7 +236,6 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
         )
 
     routing_seed: int = 0
-    eval_count: int = 16  # held-out blocks per evaluation, set with the plan
     total_steps: int = 1000  # the planned length (schedules of TAID, the replay scheduler); set before training
 
     def default_lr(self, ir: ModelIR) -> float:

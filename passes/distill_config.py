@@ -37,7 +37,10 @@ class TrainSettings(PassConfig):
         default=None, ge=0, description="steps between held-out evaluations (default: about 20 per run; 0: none)"
     )
     eval_blocks: int | None = Field(
-        default=None, ge=1, description="held-out blocks (LM) or sentences/8 (encoder); default: 8–64, ~5% of compute"
+        default=None,
+        ge=1,
+        description="held-out blocks (LM) or sentences/8 (encoder); default: 15% of the items trained between two "
+        "evaluations, 8–64 blocks or 128–512 sentences (~5% of compute)",
     )
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = Field(default=0.01, ge=0)

@@ -46,7 +46,7 @@ class TaskSetups:
         watched_labels = label_ids(corpus.validation_labels, config, corpus.valid_name)
 
         def evaluate(model):
-            count = self.eval_count * 8
+            count = self.eval_count
             labels = watched_labels[:count] if watched_labels else None
             return classifier_scores(model, teacher, tokenizer, watched[:count], labels, cfg.train.seq_len)
 
@@ -90,7 +90,7 @@ class TaskSetups:
         held = watched[: (cfg.train.eval_blocks or 64) * 8] if cfg.train.eval_every != 0 else None
 
         def evaluate(model):
-            texts = held[: self.eval_count * 8]
+            texts = held[: self.eval_count]
             return dict([embedding_agreement(model, teacher, tokenizer, texts, cfg.train.seq_len)])
 
         def loss_fn(model, batch, step):

@@ -139,3 +139,13 @@ def dead_pid() -> int:
     while pid_alive(pid):
         pid -= 1
     return pid
+
+
+class FakeClock:
+    """`time.perf_counter` for a test: it moves only when the code under test is said to spend time."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now

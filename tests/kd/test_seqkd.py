@@ -7,16 +7,7 @@ import torch
 
 from compressor.errors import UserError
 from compressor.kd.seqkd import SamplingSettings, teacher_corpus, writing_seconds
-
-
-class FakeClock:
-    """`time.perf_counter` for a test: it moves only when the code under test is said to spend time."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import FakeClock
 
 
 class RecordingTeacher(torch.nn.Module):

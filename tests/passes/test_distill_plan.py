@@ -1,0 +1,86 @@
+"""`distill`'s plan counts its held-out evaluations against the time cap (passes/distill_plan.py)."""
+
+import math
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import passes.distill_plan as distill_plan
+from compressor.kd.budget import auto_eval_every
+from passes.distill import Distill, DistillConfig
+from tests.helpers import FakeClock
+
+STEP_SECONDS, EVAL_SECONDS_PER_ITEM, TOKENS_PER_BATCH = 0.1, 0.02, 256
+
+
+class CountingState:
+    """Stands in for the adaptive scheduler: the evaluation feeds it, the planner must leave it as it was."""
+
+    def __init__(self):
+        self.validations = 0
+
+    def state_dict(self):
+        return {"validations": self.validations}
+
+    def load_state_dict(self, state):
+        self.validations = state["validations"]
+
+
+def planned(monkeypatch, lm: bool, **train):
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    monkeypatch.setattr(distill_plan, "measure_step_seconds", lambda *a, **k: (STEP_SECONDS, TOKENS_PER_BATCH))
+    distill = Distill(DistillConfig(train=dict(batch_size=16, **train)))
+    state, evaluated = CountingState(), []
+
+    def evaluate(model):
+        assert not model.training  # evaluated as the training loop evaluates: in eval mode
+        evaluated.append(distill.eval_count)
+        state.validations += 1
+        clock.now += EVAL_SECONDS_PER_ITEM * distill.eval_count
+        return {"perplexity": 1.0}
+
+    student = torch.nn.Linear(2, 2)
+    data = SimpleNamespace(batch_size=16, world=1, usable=10**7)
+    accelerator = SimpleNamespace(num_processes=1, device=torch.device("cpu"), is_main_process=True)
+    ctx = SimpleNamespace(run_dir=None)
+    plan = distill.plan(ctx, student, data, None, accelerator, state, None, evaluate, lm)
+    assert student.training and state.validations == 0  # the timing evaluation left no trace
+    return distill, plan, evaluated
+
+
+def evaluation_cost(distill: Distill, steps: int, lm: bool) -> float:
+    """What the run's evaluations cost: one at step 0 and one every `eval_every` steps."""
+    every = auto_eval_every(steps)
+    return (steps // every + 1) * distill.evaluation_items(every, lm) * EVAL_SECONDS_PER_ITEM
+
+
+@pytest.mark.parametrize("lm", [True, False])
+def test_a_time_capped_plan_fits_its_evaluations_in_the_cap(monkeypatch, lm):
+    distill, plan, evaluated = planned(monkeypatch, lm, time=120.0)
+    assert len(evaluated) == 1  # one evaluation was timed
+    total = plan.steps * STEP_SECONDS + evaluation_cost(distill, plan.steps, lm)
+    assert total <= 120.0 * 1.02  # the run fits the cap with its evaluations counted (within the rounding)
+    assert total > 120.0 * 0.9  # and is not cut far short of it
+    assert plan.steps < math.floor(120.0 / STEP_SECONDS)  # shorter than a plan that forgot them
+    assert plan.estimated_seconds == pytest.approx(total, rel=0.02)  # the printed estimate includes them
+
+
+def test_evaluation_size_is_a_share_of_the_items_trained_between_two_within_bounds():
+    distill = Distill(DistillConfig(train=dict(batch_size=16)))
+    assert distill.evaluation_items(10, causal_lm=True) == math.ceil(0.15 * 10 * 16)  # 24 blocks
+    assert distill.evaluation_items(1, causal_lm=True) == 8
+    assert distill.evaluation_items(1000, causal_lm=True) == 64
+    assert distill.evaluation_items(100, causal_lm=False) == math.ceil(0.15 * 100 * 16)  # 240 sentences
+    assert distill.evaluation_items(10, causal_lm=False) == 128
+    assert distill.evaluation_items(1000, causal_lm=False) == 512
+    fixed = Distill(DistillConfig(train=dict(eval_blocks=5)))
+    assert fixed.evaluation_items(10, causal_lm=True) == 5 and fixed.evaluation_items(10, causal_lm=False) == 40
+
+
+def test_a_length_the_user_gave_is_kept_and_its_estimate_counts_the_evaluations(monkeypatch):
+    distill, plan, _ = planned(monkeypatch, True, steps=400)
+    assert plan.steps == 400 and plan.reason == "steps"
+    assert plan.estimated_seconds == pytest.approx(400 * STEP_SECONDS + evaluation_cost(distill, 400, True))

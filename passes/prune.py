@@ -14,7 +14,7 @@ causal LMs, when affordable) and scored by its KL to the teacher on the validati
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -47,6 +47,16 @@ from passes.prune_shapes import (
     shape_of,
     tied_head_size,
 )
+
+
+@dataclass
+class Calibrated:
+    """What prune computes before choosing a shape: calibration batches, the materialised unpruned model and
+    (when known) its units' importance (`Prune.importance`)."""
+
+    batches: list
+    model: torch.nn.Module
+    scores: dict | None = None
 
 
 class PruneConfig(PassConfig):
@@ -164,18 +174,23 @@ class Prune(Pass):
         cfg: PruneConfig = self.config
         return any(getattr(cfg, a) is not None for a in ("layers", "heads", "ffn", "hidden"))
 
-    def run(self, ir: ModelIR, ctx: PassContext) -> ModelIR:
+    def run(self, ir: ModelIR, ctx: PassContext, calibrated: Calibrated | None = None) -> ModelIR:
+        """`calibrated`: the calibration batches, the materialised teacher and (optionally) its importance
+        scores, when a caller already has them for this config (`search` falling back to prune): not redone."""
         cfg: PruneConfig = self.config
         self.check(ir, ctx.budget)
         teacher = shape_of(ir)
-        batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches, cfg.calibration_batch_size,
-                                           cfg.seq_len))  # fmt: skip
-        model = ir.materialize(ctx.device)  # the unpruned model: scored once, and the reference for candidates
+        if calibrated is None:
+            batches = list(calibration_batches(ir, ctx, self.name, cfg.calibration_batches,
+                                               cfg.calibration_batch_size, cfg.seq_len))  # fmt: skip
+            model = ir.materialize(ctx.device)  # the unpruned model: scored once, the reference for candidates
+            calibrated = Calibrated(batches, model)
+        batches, model = calibrated.batches, calibrated.model
         if ir.adapter.is_moe:
             return run_experts(cfg, ir, model, ctx, batches)
         if cfg.method == "joint":
             return self.run_joint(ir, model, ctx)
-        scores = self.importance(ir, model, batches)
+        scores = dict(calibrated.scores) if calibrated.scores is not None else self.importance(ir, model, batches)
         if cfg.hidden_method == "pca":
             scores["covariance"] = stream_covariance(model, batches)
         ranking: dict = {}

@@ -35,7 +35,7 @@ from compressor.errors import UserError
 from compressor.ir import ModelIR
 from passes.base import Pass, PassConfig, PassContext, register
 from passes.inherit import calibration_batches
-from passes.prune import Prune, PruneConfig, budget_target
+from passes.prune import Calibrated, Prune, PruneConfig, budget_target
 from passes.prune_cut import loss_to_teacher, prune_to, validation_blocks
 from passes.prune_proxy import ProxySettings, short_kd, short_kd_encoder
 from passes.prune_shapes import Shape, ShapeCost, candidate_shapes, config_of, shape_of, tied_head_size
@@ -154,6 +154,7 @@ class Search(Pass):
                                            cfg.seq_len))  # fmt: skip
         model = ir.materialize(ctx.device)
         scores = Prune(PruneConfig()).importance(ir, model, batches)  # every unit scored once, as prune does
+        calibrated = Calibrated(batches, model, scores)
         seeds = self.seed_shapes(ir, cost, target)
         first = seeds[0] if seeds else space.teacher
         probe = self.prober(ir, model, ctx, prune_to(ir, first, scores))
@@ -165,7 +166,7 @@ class Search(Pass):
                 limit = share
                 source = f"{cfg.run_share:.0%} of the run's {readable_seconds(run)} of training ({length})"
             if limit <= 0:
-                return self.fall_back(ir, ctx, f"no time left for scoring within {source}")
+                return self.fall_back(ir, ctx, f"no time left for scoring within {source}", calibrated)
         score_name, why = self.score_kind(ir, lambda: probe().seconds_per_step * cfg.kd_steps, limit, source)
         score = self.scorer(ir, model, ctx, batches, scores, score_name)
         started, deadline = time.perf_counter(), time.perf_counter() + limit
@@ -188,7 +189,7 @@ class Search(Pass):
             needed = len([s for s in dict.fromkeys(seeds) if fits(s)]) + cfg.min_scores
             affordable, short = affordable_scores(limit, seconds[0], needed, source)
             if short:
-                return self.fall_back(ir, ctx, short)
+                return self.fall_back(ir, ctx, short, calibrated)
             progress(ctx)(f"search: about {affordable:,} scores of {seconds[0]:.2g} s fit {source}")
         strategy, scored = self.walk(space, fits, timed, seeds, affordable)
         scored = {s: v for s, v in scored.items() if v != float("-inf")}
@@ -270,10 +271,17 @@ class Search(Pass):
 
         return probe
 
-    def fall_back(self, ir: ModelIR, ctx: PassContext, why: str) -> ModelIR:
-        """`prune`'s own choice of shape (its default config), the reason kept for the report and said now."""
+    def fall_back(self, ir: ModelIR, ctx: PassContext, why: str, calibrated: Calibrated) -> ModelIR:
+        """`prune`'s own choice of shape (its default config on the search's calibration batches, model and
+        importance, which are not computed again), the reason kept for the report and said now."""
+        cfg: SearchConfig = self.config
         progress(ctx)(f"search: not run: {why}; prune chooses the shape")
-        student = Prune(PruneConfig()).run(ir, ctx)
+        calibration = dict(
+            calibration_batches=cfg.calibration_batches,
+            calibration_batch_size=cfg.calibration_batch_size,
+            seq_len=cfg.seq_len,
+        )
+        student = Prune(PruneConfig(**calibration)).run(ir, ctx, calibrated)
         ctx.metrics["fallback"] = {"to": "prune", "why": why}
         return student
 

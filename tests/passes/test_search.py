@@ -7,6 +7,7 @@ from transformers import AutoModelForCausalLM
 from compressor.budget import Budget
 from compressor.errors import UserError
 from compressor.ir import ModelIR
+from passes.prune import Prune
 from passes.prune_shapes import Shape, ShapeCost
 from passes.search import Search, SearchConfig
 from passes.search_report import search_lines
@@ -146,13 +147,19 @@ def test_the_encoder_kd_proxy_trains_full_width_shapes_on_the_relations_by_defau
     assert ends[True] < 1e-4 and ends[False] > 0.1
 
 
-def test_a_fallback_search_runs_within_its_share_of_the_run_and_else_lets_prune_choose(tiny_dirs, tmp_path):
+def test_a_fallback_search_runs_within_its_share_of_the_run_and_else_lets_prune_choose(
+    tiny_dirs, tmp_path, monkeypatch
+):
     ir = ModelIR.load(tiny_dirs["llama"])
+    importance, scored = Prune.importance, []
+    monkeypatch.setattr(Prune, "importance", lambda self, *a: scored.append(1) or importance(self, *a))
     small = dict(score="inherited", calibration_batches=1, calibration_batch_size=2, seq_len=16, score_blocks=1,
                  min_budget_use=0.9, fallback="prune")  # fmt: skip
     _, searched = search(ir, tmp_path / "long", Budget(params=0.6), train={"time": 3600.0}, **small)
     assert "fallback" not in searched and searched["scored"] > 1
+    scored.clear()
     student, fell = search(ir, tmp_path / "short", Budget(params=0.6), train={"steps": 1}, **small)
+    assert len(scored) == 1  # prune chose on the search's importance scores, not computed a second time
     assert fell["fallback"]["to"] == "prune" and "1 steps at the measured step time" in fell["fallback"]["why"]
     assert "strategy" not in fell and fell["candidates"]  # prune's own metrics: its candidate shapes
     assert student.summary()["totals"]["params"] <= 0.6 * ir.summary()["totals"]["params"]

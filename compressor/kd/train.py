@@ -186,15 +186,18 @@ def measure_step_seconds(
     probes: int = 6,
     probe_seconds: float = 30.0,
     accumulation: int = 1,
+    length_sample: int = 64,
 ) -> tuple[float, int]:
     """Seconds of one micro-batch (forward, loss, backward) plus its share of the optimizer step (the update,
     `kd.step_time.update_seconds`, once every `accumulation` micro-batches) and its tokens, timed on the first
     batches.
 
-    The lower quartile of the timed probes (after a warm-up call) counts: on a 2-core machine single timings
-    came out up to 1.8× the run's real step time, and a plan sized on them trained 40 % short of its time cap
-    (a hard stop at 1.2× the cap guards the other side). Probing ends after `probes` calls, or after three once
-    `probe_seconds` have passed (large models).
+    The lower quartile of the timed probes' seconds per token (after a warm-up call) counts: on a 2-core machine
+    single timings came out up to 1.8× the run's real step time, and a plan sized on them trained 40 % short of
+    its time cap (a hard stop at 1.2× the cap guards the other side). It is scaled to the mean tokens of the first
+    `length_sample` batches (built, not run): encoder batches are padded to their longest sentence, and a
+    quartile of whole-batch times picked the short ones (MiniLM on SST-2 sentences: 384 tokens a probe batch, 574
+    a real one). Probing ends after `probes` calls, or after three once `probe_seconds` have passed.
 
     Changes nothing the run depends on: no optimizer step on the model (the update is timed on copies),
     gradients cleared, RNG and loss-schedule state restored, so a planned run trains exactly as one whose length
@@ -204,7 +207,7 @@ def measure_step_seconds(
 
     tensors, plain = rng_state()
     saved = copy.deepcopy(state.state_dict()) if state is not None else None
-    times, tokens = [], 0
+    rates, elapsed = [], 0.0
     model.train()
     for index in range(probes):
         batch = {k: v.to(accelerator.device) for k, v in batches(index).items()}
@@ -214,18 +217,25 @@ def measure_step_seconds(
         loss.backward()
         if accelerator.device.type == "cuda":
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-        tokens = int(batch["input_ids"].numel())
-        if len(times) >= 3 and sum(times) > probe_seconds:
+        seconds = time.perf_counter() - started
+        elapsed += seconds
+        rates.append(seconds / max(1, int(batch["input_ids"].numel())))
+        if len(rates) >= 3 and elapsed > probe_seconds:
             break
     update = update_seconds(model)  # AdamW and clipping, timed on copies (kd.step_time): before grads are cleared
     model.zero_grad(set_to_none=True)
+    tokens = mean_batch_tokens(batches, length_sample)
     restore_rng(tensors, plain)
     if state is not None:
         state.load_state_dict(saved)
-    timed = sorted(times[1:] or times)  # the first call pays for allocations and kernel selection
-    # the lower quartile, not the minimum: encoder batches differ in length, and the shortest is not typical
-    return timed[len(timed) // 4] + update / accumulation, tokens
+    timed = sorted(rates[1:] or rates)  # the first call pays for allocations and kernel selection
+    return timed[len(timed) // 4] * tokens + update / accumulation, tokens
+
+
+def mean_batch_tokens(batches: Callable[[int], dict[str, torch.Tensor]], count: int) -> int:
+    """Mean tokens (padding included) of the first `count` batches: built only, to size a step by its length."""
+    sizes = [int(batches(index)["input_ids"].numel()) for index in range(count)]
+    return max(1, round(sum(sizes) / len(sizes)))
 
 
 # ---- the loop -----------------------------------------------------------------------------------------

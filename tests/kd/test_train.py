@@ -5,11 +5,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from compressor.kd.train import IndexedBatches, TrainConfig, train, warmup_cosine
+from compressor.kd.train import IndexedBatches, TrainConfig, measure_step_seconds, train, warmup_cosine
+from tests.helpers import FakeClock
 
 
 def test_warmup_cosine_shape():
@@ -152,3 +156,25 @@ def test_metrics_after_the_resumed_step_are_dropped(tmp_path):
     metrics.write_text("".join(f'{{"step": {i}, "loss": 1.0}}\n' for i in range(1, 8)) + '{"step": 8, "lo')
     truncate_metrics(metrics, 4)
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_the_step_time_is_the_probes_time_per_token_times_the_mean_batch_length(monkeypatch):
+    """Batches padded to different lengths: the probes are short (10 tokens), most of the run's batches long (20 or
+    30); a step costs 1 ms a token, so a step is 1 ms × the mean length (whole-batch timings said 10 ms)."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    model = torch.nn.Linear(4, 4)
+
+    def batches(index):
+        length = 2 if index < 6 else (4 if index % 2 else 6)  # 6 probes of 10 tokens, then 20 or 30
+        return {"input_ids": torch.zeros(5, length, dtype=torch.long)}
+
+    def loss_fn(m, batch, step):
+        clock.now += 0.001 * batch["input_ids"].numel()
+        return m(torch.ones(1, 4)).sum(), {}
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext)
+    seconds, tokens = measure_step_seconds(model, batches, loss_fn, accelerator, length_sample=66)
+    assert tokens == round((6 * 10 + 30 * 20 + 30 * 30) / 66) == 24  # the sampled batches' mean, padding included
+    assert seconds == pytest.approx(0.001 * tokens)  # the update is free on this clock
+    assert model.weight.grad is None  # gradients cleared

@@ -146,6 +146,16 @@ def train_one(
     return time.perf_counter() - start, result
 
 
+def late_improvement(curve: list[tuple[int, float]], share: float = 0.2) -> float | None:
+    """Relative drop of the validation perplexity over the last `share` of the steps (0.01: 1 % lower at the end
+    than `share` of the run earlier): near 0 when the model has converged, positive while more training helps."""
+    if len(curve) < 2:
+        return None
+    last_step, last = curve[-1]
+    earlier = [value for step, value in curve if step <= last_step * (1 - share)]
+    return round((earlier[-1] - min(v for _, v in curve)) / earlier[-1], 4) if earlier else None
+
+
 def mixed_documents(paths: list[str], seed: int) -> list[str]:
     """Documents of several files interleaved in a seeded order, so every source is in train and held-out."""
     import random
@@ -224,6 +234,7 @@ def main() -> int:
                 "best_step_tokens": (trained.best.step or 0) * args.batch_size * args.seq_len,
                 "stopped": trained.stopped,
                 "valid_curve": [(e["step"], round(e["perplexity"], 3)) for e in trained.evaluations],
+                "late_improvement": late_improvement([(e["step"], e["perplexity"]) for e in trained.evaluations]),
                 "heldout_ppl": round(perplexity(model, held), 4),
             }
             if hasattr(model.config, "output_router_logits"):

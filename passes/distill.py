@@ -21,7 +21,6 @@ from compressor.errors import UserError
 from compressor.evaluate import perplexity
 from compressor.fs import check_replaceable
 from compressor.ir import ModelIR
-from compressor.kd.budget import auto_eval_every
 from compressor.kd.divergences import DIVERGENCES
 from compressor.kd.features import (
     CaptureQKV,
@@ -132,7 +131,7 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
         if plan.generated:
             data = self.augmented(ctx, teacher, plan, shard)
         self.total_steps = plan.steps
-        eval_every = auto_eval_every(plan.steps) if cfg.train.eval_every is None else cfg.train.eval_every
+        eval_every = self.evaluation_every(plan.steps)
         self.eval_count = self.evaluation_items(eval_every or 1, ir.task == "causal-lm")
         config = dataclasses.replace(
             config, steps=plan.steps, eval_every=eval_every or None, time_limit=plan.time_limit

@@ -4,7 +4,6 @@ repeat cap (sequence-level KD as augmentation, §7.4)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 
@@ -12,7 +11,7 @@ import torch
 
 from compressor.ir import ModelIR
 from compressor.kd.budget import Augmentation, TrainingPlan, auto_eval_every, plan_training
-from compressor.kd.train import IndexedBatches, measure_step_seconds, say
+from compressor.kd.train import IndexedBatches, measure_step_seconds, restore_state, saved_state, say
 from passes.base import PassContext
 from passes.distill_config import DistillConfig
 
@@ -39,18 +38,22 @@ class TrainingPlanner:
             return cfg.train.eval_blocks * per_block
         return min(high, max(low, math.ceil(0.15 * eval_every * cfg.train.batch_size)))
 
+    def evaluation_every(self, steps: int) -> int:
+        """Steps between held-out evaluations: `train.eval_every` when given (0: none), else about 20 a run."""
+        cfg: DistillConfig = self.config
+        return auto_eval_every(steps) if cfg.train.eval_every is None else cfg.train.eval_every
+
     def evaluation_seconds(self, student, evaluate, state) -> float:
         """Seconds of one held-out evaluation at `eval_count` items, timed on the untrained student. Any state
         the evaluation feeds (the adaptive scheduler's validation history) is restored afterwards."""
-        saved = copy.deepcopy(state.state_dict()) if state is not None else None
+        saved = saved_state(state)
         was_training = student.training
         student.eval()
         started = time.perf_counter()
         evaluate(student)
         seconds = time.perf_counter() - started
         student.train(was_training)
-        if state is not None:
-            state.load_state_dict(saved)
+        restore_state(state, saved)
         return seconds
 
     def counting_evaluations(self, plan: TrainingPlan, settings: dict, student, evaluate, state, lm: bool):
@@ -59,11 +62,10 @@ class TrainingPlanner:
         of the items trained in between, within bounds), so the share is re-computed on the re-made plan until
         it settles (three rounds are plenty: the share moves with the length only through the bounds). `settings`
         keeps the step time with the share, for a plan re-made with teacher-written text."""
-        cfg: DistillConfig = self.config
         step_seconds = settings["seconds_per_step"]
         per_item = None
         for _ in range(3):
-            every = cfg.train.eval_every or auto_eval_every(plan.steps)
+            every = self.evaluation_every(plan.steps)
             items = self.evaluation_items(every, lm)
             if per_item is None:
                 self.eval_count = items

@@ -206,7 +206,7 @@ def measure_step_seconds(
     from compressor.kd.checkpoints import restore_rng, rng_state
 
     tensors, plain = rng_state()
-    saved = copy.deepcopy(state.state_dict()) if state is not None else None
+    saved = saved_state(state)
     rates, elapsed = [], 0.0
     model.train()
     for index in range(probes):
@@ -226,10 +226,20 @@ def measure_step_seconds(
     model.zero_grad(set_to_none=True)
     tokens = mean_batch_tokens(batches, length_sample)
     restore_rng(tensors, plain)
-    if state is not None:
-        state.load_state_dict(saved)
+    restore_state(state, saved)
     timed = sorted(rates[1:] or rates)  # the first call pays for allocations and kernel selection
     return timed[len(timed) // 4] * tokens + update / accumulation, tokens
+
+
+def saved_state(state: Stateful | None) -> dict | None:
+    """A copy of `state` (loss schedules, the replay scheduler) before a probe that may feed it."""
+    return copy.deepcopy(state.state_dict()) if state is not None else None
+
+
+def restore_state(state: Stateful | None, saved: dict | None) -> None:
+    """Puts back what `saved_state` copied, so a probe leaves no trace on the run."""
+    if state is not None:
+        state.load_state_dict(saved)
 
 
 def mean_batch_tokens(batches: Callable[[int], dict[str, torch.Tensor]], count: int) -> int:

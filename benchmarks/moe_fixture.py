@@ -12,10 +12,11 @@ Builds under OUT:
   `compress model OUT/mixtral --data OUT/data.txt` trains and evaluates on exactly the fixture's split.
 
 Every model gets the same token budget and trains until its held-out perplexity (on a validation share of the
-training data) stops improving, keeping its best checkpoint. Caution: every model gets the same FFN dropout
-(`--dropout`, 0.2), which the MoE needs and the small dense sibling does not (Mixtral's sibling at 24M tokens:
-10.39 held-out with dropout 0.2, 9.19 with 0): build the sibling with `--dropout 0` too and compare against the
-better one.
+training data) stops improving, keeping its best checkpoint. One build trains every model with the same FFN
+dropout (`--dropout`, 0.2), which may suit the MoE and not the small dense sibling (Mixtral's sibling at 24M
+tokens: 10.39 held-out with dropout 0.2, 9.19 with 0). For an honest comparison build each model at several
+dropouts (one folder per value, `--only`) and give them all to `moe_gain.py`, which takes each model from the
+build with the lowest validation perplexity.
 
     python benchmarks/moe_fixture.py /tmp/moe-fixture --tokenizer ../shared/models/stories260K \
         --data ../shared/data/tinystories_dev.txt ../shared/data/tinyshakespeare.txt \

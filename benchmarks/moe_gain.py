@@ -6,12 +6,19 @@ the whole held-out part of the fixture's data:
 
     gain kept = (NLL_sibling − NLL_student) / (NLL_sibling − NLL_MoE)     (1 = all of the MoE's gain kept)
 
-    python benchmarks/moe_gain.py --fixture /tmp/moe-fixture --family mixtral [--train-tokens 5M] [--recipe R]
+Several fixtures built from the same data with different training settings (`moe_fixture.py --dropout`) may be
+given: the MoE and the sibling are each taken from the build with the lowest *validation* perplexity (the
+fixture's validation share, never the held-out part scored here), so each model gets its own best regularisation
+and the sibling is not handicapped by a setting only the MoE needs.
+
+    python benchmarks/moe_gain.py --fixture /tmp/moe-fixture [/tmp/moe-fixture-d0 ...] --family mixtral \
+        [--train-tokens 5M] [--recipe R]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -22,9 +29,38 @@ from pathlib import Path
 import torch
 
 
+def best_build(fixtures: list[Path], name: str) -> tuple[Path, list[dict]]:
+    """The fixture whose `name` model has the lowest validation perplexity, and every candidate's figures."""
+    candidates = []
+    for folder in fixtures:
+        summary = json.loads((folder / "fixture.json").read_text())
+        if name in summary:
+            entry = summary[name]
+            best_valid = min(value for _, value in entry["valid_curve"]) if entry["valid_curve"] else math.inf
+            candidates.append(
+                {
+                    "fixture": str(folder),
+                    "dropout": summary.get("dropout"),
+                    "weight_decay": summary.get("weight_decay"),
+                    "best_valid_ppl": best_valid,
+                    "heldout_ppl": entry["heldout_ppl"],
+                    "train_tokens": entry["train_tokens"],
+                }
+            )
+    if not candidates:
+        raise SystemExit(f"moe_gain: no fixture given holds {name!r}")
+    chosen = min(candidates, key=lambda c: c["best_valid_ppl"])
+    return Path(chosen["fixture"]), candidates
+
+
+def same_data(fixtures: list[Path]) -> bool:
+    """Fixtures are comparable only when built from the same text (so the same train/validation/held-out split)."""
+    return len({hashlib.sha256((f / "data.txt").read_bytes()).hexdigest() for f in fixtures}) == 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fixture", type=Path, required=True)
+    parser.add_argument("--fixture", type=Path, required=True, nargs="+", help="one or more fixture folders")
     parser.add_argument("--family", default="mixtral", choices=["mixtral", "qwen2_moe"])
     parser.add_argument("--recipe", default=None, help="a recipe for the lever under test (default pipeline if none)")
     parser.add_argument("--train-tokens", default=None, help="distillation budget, e.g. the MoE's own tokens")
@@ -39,14 +75,18 @@ def main() -> int:
     from compressor.evaluate import perplexity
     from passes.base import load_tokenizer
 
-    fixture = json.loads((args.fixture / "fixture.json").read_text())
-    data = args.fixture / "data.txt"
+    if not same_data(args.fixture):
+        print("moe_gain: the fixtures were built from different data; give builds of the same text", file=sys.stderr)
+        return 2
+    moe_fixture, moe_candidates = best_build(args.fixture, args.family)
+    sibling_fixture, sibling_candidates = best_build(args.fixture, f"dense_{args.family}")
+    data = moe_fixture / "data.txt"
     with tempfile.TemporaryDirectory(prefix="compressor-moe-gain-") as scratch:
         out = Path(scratch) / "run"
         started = time.perf_counter()
         report = compress_model(
             ModelRequest(
-                teacher=str(args.fixture / args.family),
+                teacher=str(moe_fixture / args.family),
                 data=str(data),
                 recipe=args.recipe,
                 train_tokens=args.train_tokens,
@@ -58,12 +98,12 @@ def main() -> int:
             )
         )
         seconds = time.perf_counter() - started
-        tokenizer = load_tokenizer(args.fixture / args.family)
+        tokenizer = load_tokenizer(moe_fixture / args.family)
         held = lm_blocks(tokenizer, load_corpus(str(data)).eval, 128)
         ppl = {}
         for name, folder in (
-            ("moe", args.fixture / args.family),
-            ("sibling", args.fixture / f"dense_{args.family}"),
+            ("moe", moe_fixture / args.family),
+            ("sibling", sibling_fixture / f"dense_{args.family}"),
             ("student", out / "student"),
         ):
             model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -79,8 +119,14 @@ def main() -> int:
         "ppl": {k: round(v, 4) for k, v in ppl.items()},
         "gain_kept": round((nll["sibling"] - nll["student"]) / (nll["sibling"] - nll["moe"]), 4),
         "beats_sibling": ppl["student"] < ppl["sibling"],
-        "moe_training_tokens": fixture[args.family]["train_tokens"],
-        "sibling_training_tokens": fixture[f"dense_{args.family}"]["train_tokens"],
+        "moe_training_tokens": next(c for c in moe_candidates if c["fixture"] == str(moe_fixture))["train_tokens"],
+        "sibling_training_tokens": next(c for c in sibling_candidates if c["fixture"] == str(sibling_fixture))[
+            "train_tokens"
+        ],
+        "moe_candidates": moe_candidates,
+        "moe_chosen": str(moe_fixture),
+        "sibling_candidates": sibling_candidates,
+        "sibling_chosen": str(sibling_fixture),
         "distill_tokens": distill["metrics"].get("tokens"),
         "distill_plan": distill["metrics"].get("plan"),
         "distill_stopped": distill["metrics"].get("stopped"),

@@ -48,7 +48,9 @@ class MoEAdapter(LlamaAdapter):
         The distillation weighs the data's cross-entropy more than the MoE's logits (α = 0.25, `MOE_KD_WEIGHT`):
         the gathered student starts from the MoE's own weights, and on the MoE's fixture at the MoE's own training
         tokens α 0.5 → 0.25 raised the share of the MoE's gain kept over a same-budget dense model from 0.74 to
-        0.79 (Mixtral) and 0.92 to 0.98 (Qwen2-MoE), while α = 1 fell to 0.43 (README, "MoE → dense").
+        0.79 (Mixtral) and 0.92 to 0.98 (Qwen2-MoE), while α = 1 fell to 0.43 (README, "MoE → dense"). Those
+        siblings trained with the MoE's dropout; against siblings without it (better on validation) the default
+        keeps 0.41 (Mixtral; α 0: 0.35) and 0.77 (Qwen2-MoE) at the MoE's own 24M tokens.
 
         It trains on the data only (`data.source: data`, repeated up to `max_epochs`), not on text the MoE writes
         past 4 reads of it: on the 24M-token Mixtral fixture, 24M tokens of distillation with 9.9M of them written

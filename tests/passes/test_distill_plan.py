@@ -60,7 +60,7 @@ def evaluation_cost(distill: Distill, steps: int, lm: bool) -> float:
 @pytest.mark.parametrize("lm", [True, False])
 def test_a_time_capped_plan_fits_its_evaluations_in_the_cap(monkeypatch, lm):
     distill, plan, evaluated = planned(monkeypatch, lm, time=120.0)
-    assert len(evaluated) == 1  # one evaluation was timed
+    assert len(evaluated) == 2  # one evaluation was timed, twice (the faster, warm call counts)
     total = plan.steps * STEP_SECONDS + evaluation_cost(distill, plan.steps, lm)
     assert total <= 120.0 * 1.02  # the run fits the cap with its evaluations counted (within the rounding)
     assert total > 120.0 * 0.9  # and is not cut far short of it
@@ -84,3 +84,19 @@ def test_a_length_the_user_gave_is_kept_and_its_estimate_counts_the_evaluations(
     distill, plan, _ = planned(monkeypatch, True, steps=400)
     assert plan.steps == 400 and plan.reason == "steps"
     assert plan.estimated_seconds == pytest.approx(400 * STEP_SECONDS + evaluation_cost(distill, 400, True))
+
+
+def test_the_evaluation_is_timed_warm_not_on_its_first_call(monkeypatch):
+    """A first evaluation that pays a one-off cost (10 s) must not be charged to each of the run's evaluations."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    distill = Distill(DistillConfig())
+    calls = []
+
+    def evaluate(model):
+        clock.now += (10.0 if not calls else 0.0) + EVAL_SECONDS_PER_ITEM * distill.eval_count
+        calls.append(1)
+
+    seconds = distill.evaluation_seconds(torch.nn.Linear(2, 2), evaluate, CountingState())
+    assert seconds == pytest.approx(EVAL_SECONDS_PER_ITEM * distill.eval_count)
+    assert len(calls) == 2

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 
-def best_build(fixtures: list[Path], name: str) -> tuple[Path, list[dict]]:
-    """The fixture whose `name` model has the lowest validation perplexity, and every candidate's figures."""
+def best_build(fixtures: list[Path], name: str) -> tuple[dict, list[dict]]:
+    """The build of `name` with the lowest validation perplexity (its figures and folder), and every candidate's."""
     candidates = []
     for folder in fixtures:
         summary = json.loads((folder / "fixture.json").read_text())
@@ -49,8 +49,7 @@ def best_build(fixtures: list[Path], name: str) -> tuple[Path, list[dict]]:
             )
     if not candidates:
         raise SystemExit(f"moe_gain: no fixture given holds {name!r}")
-    chosen = min(candidates, key=lambda c: c["best_valid_ppl"])
-    return Path(chosen["fixture"]), candidates
+    return min(candidates, key=lambda c: c["best_valid_ppl"]), candidates
 
 
 def same_data(fixtures: list[Path]) -> bool:
@@ -78,8 +77,9 @@ def main() -> int:
     if not same_data(args.fixture):
         print("moe_gain: the fixtures were built from different data; give builds of the same text", file=sys.stderr)
         return 2
-    moe_fixture, moe_candidates = best_build(args.fixture, args.family)
-    sibling_fixture, sibling_candidates = best_build(args.fixture, f"dense_{args.family}")
+    moe_build, moe_candidates = best_build(args.fixture, args.family)
+    sibling_build, sibling_candidates = best_build(args.fixture, f"dense_{args.family}")
+    moe_fixture, sibling_fixture = Path(moe_build["fixture"]), Path(sibling_build["fixture"])
     data = moe_fixture / "data.txt"
     with tempfile.TemporaryDirectory(prefix="compressor-moe-gain-") as scratch:
         out = Path(scratch) / "run"
@@ -119,10 +119,8 @@ def main() -> int:
         "ppl": {k: round(v, 4) for k, v in ppl.items()},
         "gain_kept": round((nll["sibling"] - nll["student"]) / (nll["sibling"] - nll["moe"]), 4),
         "beats_sibling": ppl["student"] < ppl["sibling"],
-        "moe_training_tokens": next(c for c in moe_candidates if c["fixture"] == str(moe_fixture))["train_tokens"],
-        "sibling_training_tokens": next(c for c in sibling_candidates if c["fixture"] == str(sibling_fixture))[
-            "train_tokens"
-        ],
+        "moe_training_tokens": moe_build["train_tokens"],
+        "sibling_training_tokens": sibling_build["train_tokens"],
         "moe_candidates": moe_candidates,
         "moe_chosen": str(moe_fixture),
         "sibling_candidates": sibling_candidates,

@@ -100,7 +100,7 @@ def main() -> int:
         seconds = time.perf_counter() - started
         tokenizer = load_tokenizer(moe_fixture / args.family)
         held = lm_blocks(tokenizer, load_corpus(str(data)).eval, 128)
-        ppl = {}
+        ppl, params = {}, {}
         for name, folder in (
             ("moe", moe_fixture / args.family),
             ("sibling", sibling_fixture / f"dense_{args.family}"),
@@ -108,8 +108,10 @@ def main() -> int:
         ):
             model = AutoModelForCausalLM.from_pretrained(folder).eval()
             ppl[name] = perplexity(model, held)
+            params[name] = sum(p.numel() for p in model.parameters())  # the student must be the sibling's size
     nll = {k: math.log(v) for k, v in ppl.items()}
-    distill = next(p for p in report["passes"] if p["name"] == "distill")
+    distills = [p for p in report["passes"] if p["name"] == "distill"]
+    distill = distills[-1]  # a staged recipe (distill, prune, distill): the last stage's plan and curve
     result = {
         "family": args.family,
         "recipe": args.recipe,
@@ -117,6 +119,7 @@ def main() -> int:
         "seed": args.seed,
         "heldout_tokens": int(held.numel()),
         "ppl": {k: round(v, 4) for k, v in ppl.items()},
+        "params": params,
         "gain_kept": round((nll["sibling"] - nll["student"]) / (nll["sibling"] - nll["moe"]), 4),
         "beats_sibling": ppl["student"] < ppl["sibling"],
         "moe_training_tokens": moe_build["train_tokens"],
@@ -125,7 +128,8 @@ def main() -> int:
         "moe_chosen": str(moe_fixture),
         "sibling_candidates": sibling_candidates,
         "sibling_chosen": str(sibling_fixture),
-        "distill_tokens": distill["metrics"].get("tokens"),
+        "distill_tokens": sum(d["metrics"].get("tokens") or 0 for d in distills),  # every stage's tokens
+        "distill_stage_tokens": [d["metrics"].get("tokens") for d in distills],
         "distill_plan": distill["metrics"].get("plan"),
         "distill_stopped": distill["metrics"].get("stopped"),
         "distill_best_step": distill["metrics"].get("best_step"),

@@ -47,12 +47,13 @@ from compressor.kd.sparse import ce_and_sparse_kd
 from compressor.kd.train import (
     StateGroup,
     make_accelerator,
+    say,
     train,
 )
 from passes.base import Pass, PassContext, register
 from passes.distill_config import DistillConfig
 from passes.distill_plan import TrainingPlanner
-from passes.distill_report import distill_section
+from passes.distill_report import distill_section, more_training_verdict
 from passes.distill_signals import TeacherSignals
 from passes.distill_tasks import TaskSetups
 
@@ -159,6 +160,7 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
                 "restored_best": result.restored_best,
                 "eval_every": eval_every,
                 "eval_items": self.eval_count,
+                "monitor_mode": config.monitor_mode,
             }
         )
         stride = max(1, len(result.losses) // 200)
@@ -178,6 +180,9 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
                 "evaluations": result.evaluations,
             }
         )
+        verdict = more_training_verdict(result.evaluations or [], config.monitor_mode, result.stopped)
+        if verdict and accelerator.is_main_process:
+            say(f"{self.name}: {verdict}")
         if cfg.teacher.routing == "sar":
             ctx.metrics["sar_router_shift"] = round(router_shift(initial_routers, teacher), 6)
         return ir.absorb(self.finished(inner_model(student)))

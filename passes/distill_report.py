@@ -5,6 +5,35 @@ from __future__ import annotations
 
 from compressor.kd.budget import LENGTH_REASONS, human_count, human_duration
 
+STILL_IMPROVING = 0.01  # relative gain over the last fifth of the evaluations that says "train longer"
+
+
+def more_training_verdict(evaluations: list[dict], mode: str, stopped: str | None) -> str | None:
+    """Would more training help this student? Read off its held-out curve (issue 13 §1: "nothing tells the user
+    whether more training would help"): early stopping says no; a best figure at the last evaluation that gained
+    more than 1 % over the last fifth of the evaluations says yes; anything else has flattened. The cosine
+    schedule's annealing also lowers the end of a curve, so "still improving" is a likely gain, not a promise.
+    `mode`: "min" when lower is better (perplexity), "max" when higher is (cosine, accuracy, agreement)."""
+    if stopped:
+        return (
+            "Held-out quality stopped improving, so the run stopped early: more training of this student is "
+            "unlikely to help."
+        )
+    if len(evaluations) < 3:
+        return None
+    name = next(k for k in evaluations[-1] if k != "step")
+    values = [e[name] for e in evaluations]
+    start = values[-1 - max(1, len(values) // 5)]
+    best_at_end = values[-1] == (min(values) if mode == "min" else max(values))
+    gain = (start - values[-1]) / abs(start) if mode == "min" else (values[-1] - start) / abs(start)
+    if best_at_end and gain > STILL_IMPROVING:
+        return (
+            f"Still improving when the planned length ran out ({name} {start:.4g} → {values[-1]:.4g} over the last "
+            "fifth of the evaluations): a longer budget would likely give a better student (`--train-tokens` or "
+            "`--time-budget`)."
+        )
+    return f"Held-out {name} had flattened by the end (under {STILL_IMPROVING:.0%} better over the last fifth)."
+
 
 def distill_section(metrics: dict) -> list[str]:
     plan = metrics.get("plan")
@@ -41,4 +70,7 @@ def distill_section(metrics: dict) -> list[str]:
             f"Kept the weights of step {best:,} (best {name} on the validation share, {value:.4g}); "
             "the validation share is a part of the training data, never the held-out part this report measures."
         )
-    return lines + [""]
+    verdict = more_training_verdict(
+        metrics.get("evaluations") or [], metrics.get("monitor_mode", "min"), metrics.get("stopped")
+    )
+    return lines + ([verdict] if verdict else []) + [""]

@@ -252,6 +252,25 @@ def test_the_training_section_says_whose_text_the_student_read_and_which_step_wa
     assert "4.00 passes over your data" in "\n".join(distill_section(metrics))
 
 
+def test_the_training_section_says_whether_more_training_would_help():
+    from passes.distill_report import more_training_verdict
+
+    def curve(values, name="perplexity"):
+        return [{"step": 100 * i, name: v} for i, v in enumerate(values)]
+
+    falling = curve([30, 20, 15, 12, 11, 10.5, 10.2, 10.0, 9.8, 9.5])  # last fifth (2 of 10 steps): 10 → 9.5
+    assert "Still improving" in more_training_verdict(falling, "min", None)
+    assert "10 → 9.5" in more_training_verdict(falling, "min", None)
+    flat = curve([30, 20, 15, 12, 11, 10.5, 10.2, 10.0, 10.0, 9.99])  # 0.1 % over the last fifth
+    assert "flattened" in more_training_verdict(flat, "min", None)
+    assert "flattened" in more_training_verdict(curve([30, 12, 9.0, 9.5]), "min", None)  # best is not the last
+    assert "unlikely to help" in more_training_verdict(falling, "min", "no improvement in 5 evaluations")
+    rising = curve([0.5, 0.7, 0.8, 0.85, 0.9], "agreement")  # higher is better for encoders and classifiers
+    assert "Still improving" in more_training_verdict(rising, "max", None)
+    assert "flattened" in more_training_verdict(rising, "min", None)
+    assert more_training_verdict(curve([30, 20]), "min", None) is None  # too few evaluations to say
+
+
 def test_default_learning_rate_shrinks_with_the_student_s_width():
     from types import SimpleNamespace
 

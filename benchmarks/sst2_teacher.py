@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +82,11 @@ def main() -> None:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0 or step + 1 == steps:  # progress on stderr: the JSON on stdout stays one object
+            elapsed = time.perf_counter() - started
+            left = elapsed / (step + 1) * (steps - step - 1)
+            print(f"step {step + 1}/{steps}, loss {loss.item():.4f}, {elapsed:.0f} s, about {left:.0f} s left",
+                  file=sys.stderr, flush=True)  # fmt: skip
     seconds = time.perf_counter() - started
     dev_accuracy = accuracy(model, tokenizer, dev_texts, dev_labels, args.max_len)
     from compressor.fs import atomic_directory

@@ -160,7 +160,6 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
                 "restored_best": result.restored_best,
                 "eval_every": eval_every,
                 "eval_items": self.eval_count,
-                "monitor_mode": config.monitor_mode,
             }
         )
         stride = max(1, len(result.losses) // 200)
@@ -181,6 +180,7 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
             }
         )
         verdict = more_training_verdict(result.evaluations or [], config.monitor_mode, result.stopped)
+        ctx.metrics["more_training"] = verdict  # read once here; the report prints it as it is
         if verdict and accelerator.is_main_process:
             say(f"{self.name}: {verdict}")
         if cfg.teacher.routing == "sar":

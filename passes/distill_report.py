@@ -70,7 +70,5 @@ def distill_section(metrics: dict) -> list[str]:
             f"Kept the weights of step {best:,} (best {name} on the validation share, {value:.4g}); "
             "the validation share is a part of the training data, never the held-out part this report measures."
         )
-    verdict = more_training_verdict(
-        metrics.get("evaluations") or [], metrics.get("monitor_mode", "min"), metrics.get("stopped")
-    )
+    verdict = metrics.get("more_training")  # `more_training_verdict`, computed once by the run
     return lines + ([verdict] if verdict else []) + [""]

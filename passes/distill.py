@@ -135,8 +135,13 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
         eval_every = self.evaluation_every(plan.steps)
         self.eval_count = self.evaluation_items(eval_every or 1, ir.task == "causal-lm")
         config = dataclasses.replace(
-            config, steps=plan.steps, eval_every=eval_every or None, time_limit=plan.time_limit
+            config,
+            steps=plan.steps,
+            eval_every=eval_every or None,
+            time_limit=plan.time_limit,
+            warmup_steps=plan.replanned_at,  # a resumed re-planned run keeps the warmup it started with
         )
+        replan = self.replanner(ctx, plan, accelerator, writer is not None)
         result = train(
             student,
             data,
@@ -149,10 +154,13 @@ class Distill(TeacherSignals, TaskSetups, TrainingPlanner, Pass):
             accelerator=accelerator,
             description="distill",
             show_progress=ctx.show_progress,
+            replan=replan,
         )
+        plan = self.plan_now
         ctx.metrics.update(
             {
                 "plan": plan.as_dict(),
+                "replan": plan.describe_replan(),
                 "steps_done": result.steps_done,
                 "stopped": result.stopped,
                 "best_step": result.best.step,

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
 from compressor.ir import ModelIR
-from compressor.kd.budget import Augmentation, TrainingPlan, auto_eval_every, plan_training
-from compressor.kd.train import IndexedBatches, measure_step_seconds, restore_state, saved_state, say
+from compressor.kd.budget import Augmentation, TrainingPlan, auto_eval_every, plan_training, replanned
+from compressor.kd.step_time import measure_step_seconds, restore_state, saved_state
+from compressor.kd.train import IndexedBatches, say
 from passes.base import PassContext
 from passes.distill_config import DistillConfig
 
@@ -117,6 +119,36 @@ class TrainingPlanner:
             plan.save(ctx.run_dir)
         say(f"{self.name}: {plan.describe(str(accelerator.device))}")
         return plan
+
+    def replanner(self, ctx: PassContext, plan: TrainingPlan, accelerator, writes: bool) -> Callable:
+        """The training loop's `replan` hook: `kd.budget.replanned` on the real step time when warmup ends. A
+        longer run may read the data up to its cap (`train.max_epochs`; `data.max_data_epochs` when the teacher
+        may write the rest, as it writes only before the run), never past the teacher-written pool. The new plan
+        replaces the stored one, so a resumed run keeps it; `self.plan_now` and `self.total_steps` follow it."""
+        cfg: DistillConfig = self.config
+        if plan.generated:
+            most = plan.steps
+        elif writes:
+            most = max(plan.steps, math.floor(cfg.data.max_data_epochs * plan.steps_per_epoch))
+        else:
+            most = max(plan.steps, math.ceil(cfg.train.max_epochs * plan.steps_per_epoch))
+        for given in (cfg.train.steps, math.ceil((cfg.train.tokens or 0) / plan.tokens_per_step)):
+            most = min(most, given) if given else most  # a time cap shortened the user's length: never past it
+        self.plan_now = plan
+
+        def replan(done: int, seconds: float) -> int | None:
+            new = replanned(self.plan_now, done, seconds, most)
+            if new is None:
+                return None
+            self.plan_now, self.total_steps = new, new.steps
+            if ctx.run_dir is not None and accelerator.is_main_process:
+                new.save(ctx.run_dir)
+            say(f"{self.name}: {new.describe_replan()}")
+            return new.steps
+
+        return replan
+
+    plan_now: TrainingPlan | None = None  # the plan as it stands (a re-plan replaces it)
 
     def lm_batches(self, ctx: PassContext, blocks: torch.Tensor, shard: tuple[int, int]) -> IndexedBatches:
         cfg: DistillConfig = self.config

@@ -47,6 +47,8 @@ def distill_section(metrics: dict) -> list[str]:
         + (f", estimated {human_duration(plan['estimated_seconds'])}" if plan.get("estimated_seconds") else "")
         + ".",
     ]
+    if metrics.get("replan"):
+        lines.append(f"The probe's estimate was off: {metrics['replan']}.")
     mix = metrics.get("data_mix")
     if mix:
         lines.append(

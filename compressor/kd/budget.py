@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from compressor.errors import UserError
@@ -72,6 +72,8 @@ class TrainingPlan:
     max_data_epochs: float | None = None  # the repeat cap those sequences keep (None: no teacher-written data)
     seconds_per_generated: float | None = None  # measured cost of writing one sequence
     sequence_tokens: int = 0  # tokens per written sequence
+    replanned_at: int | None = None  # the step where the real step time re-sized a time-capped plan
+    probe_seconds_per_step: float | None = None  # the probe's step time the plan was first sized on
 
     @property
     def generated_tokens(self) -> int:
@@ -121,6 +123,16 @@ class TrainingPlan:
         if self.estimated_seconds:
             line += f", about {human_duration(self.estimated_seconds)} on this machine ({device})"
         return line
+
+    def describe_replan(self) -> str | None:
+        """One line on a re-plan (the console's and the report's), or None when the plan kept its length."""
+        if self.replanned_at is None or not self.seconds_per_step or not self.probe_seconds_per_step:
+            return None
+        return (
+            f"steps took {self.seconds_per_step:.3g} s here, not the {self.probe_seconds_per_step:.3g} s the probe "
+            f"measured: re-planned at step {self.replanned_at:,} to {self.steps:,} steps "
+            f"({human_count(self.tokens)} tokens) to end within the time cap"
+        )
 
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +208,36 @@ def plan_training(
         max_data_epochs=augment.max_data_epochs,
         seconds_per_generated=augment.seconds_per_sequence,
         sequence_tokens=tokens_per_step // augment.items_per_step,
+    )
+
+
+REPLAN_TOLERANCE = 0.05  # a length within 5 % of the plan's is kept: not worth a changed schedule
+
+
+def replanned(
+    plan: TrainingPlan, done: int, seconds: float, most_steps: int, min_steps: int = 10
+) -> TrainingPlan | None:
+    """`plan` re-sized on the step time measured over its first `done` steps (`seconds` of training, held-out
+    evaluations included), or None when it keeps its length.
+
+    Only a plan the time cap sized is re-sized (the user's steps or tokens are never changed): the probe before
+    the run times a few batches, and on a shared 2-core machine it was off by ±25 % between two runs of the same
+    command (the stories260K default: 535 s and 764 s of training for 600 s planned; the long one hit the hard
+    stop with its learning rate not yet annealed). The new length keeps the plan's training seconds, at most
+    `most_steps` (the data's epoch cap, or the pool of teacher-written text already written) and at least one
+    step more than done. After fewer than `min_steps` steps the measurement is mostly one-off costs: no re-plan."""
+    if plan.reason not in ("time_budget", "default_time") or not plan.seconds_per_step or done < min_steps:
+        return None
+    measured = seconds / done
+    steps = min(most_steps, max(done + 1, math.floor(plan.steps * plan.seconds_per_step / measured)))
+    if abs(steps - plan.steps) <= REPLAN_TOLERANCE * plan.steps:
+        return None
+    return replace(
+        plan,
+        steps=steps,
+        seconds_per_step=measured,
+        replanned_at=done,
+        probe_seconds_per_step=plan.probe_seconds_per_step or plan.seconds_per_step,
     )
 
 

@@ -12,7 +12,8 @@ number, and the last good checkpoint stays on disk.
 from __future__ import annotations
 
 import atexit
-import copy
+import dataclasses
+import itertools
 import json
 import math
 import time
@@ -31,7 +32,6 @@ from compressor.kd.checkpoints import (
     save_checkpoint,
     truncate_metrics,
 )
-from compressor.kd.step_time import update_seconds
 
 
 class Stateful(Protocol):
@@ -60,6 +60,7 @@ class TrainConfig:
     steps: int
     lr: float
     warmup_ratio: float = 0.1
+    warmup_steps: int | None = None  # fixed warmup (a re-planned run keeps the warmup it started with)
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     grad_accumulation: int = 1
@@ -177,77 +178,6 @@ def say(message: str, style: str = "bold") -> None:
     Console(stderr=True, soft_wrap=True).print(f"[{style}]{message}[/]", highlight=False)
 
 
-def measure_step_seconds(
-    model: torch.nn.Module,
-    batches: Callable[[int], dict[str, torch.Tensor]],
-    loss_fn: Callable,
-    accelerator,
-    state: Stateful | None = None,
-    probes: int = 6,
-    probe_seconds: float = 30.0,
-    accumulation: int = 1,
-    length_sample: int = 64,
-) -> tuple[float, int]:
-    """Seconds of one micro-batch (forward, loss, backward) plus its share of the optimizer step (the update,
-    `kd.step_time.update_seconds`, once every `accumulation` micro-batches) and its tokens, timed on the first
-    batches.
-
-    The lower quartile of the timed probes' seconds per token (after a warm-up call) counts: on a 2-core machine
-    single timings came out up to 1.8× the run's real step time, and a plan sized on them trained 40 % short of
-    its time cap (a hard stop at 1.2× the cap guards the other side). It is scaled to the mean tokens of the first
-    `length_sample` batches (built, not run): encoder batches are padded to their longest sentence, and a
-    quartile of whole-batch times picked the short ones (MiniLM on SST-2 sentences: 384 tokens a probe batch, 574
-    a real one). Probing ends after `probes` calls, or after three once `probe_seconds` have passed.
-
-    Changes nothing the run depends on: no optimizer step on the model (the update is timed on copies),
-    gradients cleared, RNG and loss-schedule state restored, so a planned run trains exactly as one whose length
-    was given.
-    """
-    from compressor.kd.checkpoints import restore_rng, rng_state
-
-    tensors, plain = rng_state()
-    saved = saved_state(state)
-    rates, elapsed = [], 0.0
-    model.train()
-    for index in range(probes):
-        batch = {k: v.to(accelerator.device) for k, v in batches(index).items()}
-        started = time.perf_counter()
-        with accelerator.autocast():
-            loss, _ = loss_fn(model, batch, 0)
-        loss.backward()
-        if accelerator.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
-        elapsed += seconds
-        rates.append(seconds / max(1, int(batch["input_ids"].numel())))
-        if len(rates) >= 3 and elapsed > probe_seconds:
-            break
-    update = update_seconds(model)  # AdamW and clipping, timed on copies (kd.step_time): before grads are cleared
-    model.zero_grad(set_to_none=True)
-    tokens = mean_batch_tokens(batches, length_sample)
-    restore_rng(tensors, plain)
-    restore_state(state, saved)
-    timed = sorted(rates[1:] or rates)  # the first call pays for allocations and kernel selection
-    return timed[len(timed) // 4] * tokens + update / accumulation, tokens
-
-
-def saved_state(state: Stateful | None) -> dict | None:
-    """A copy of `state` (loss schedules, the replay scheduler) before a probe that may feed it."""
-    return copy.deepcopy(state.state_dict()) if state is not None else None
-
-
-def restore_state(state: Stateful | None, saved: dict | None) -> None:
-    """Puts back what `saved_state` copied, so a probe leaves no trace on the run."""
-    if state is not None:
-        state.load_state_dict(saved)
-
-
-def mean_batch_tokens(batches: Callable[[int], dict[str, torch.Tensor]], count: int) -> int:
-    """Mean tokens (padding included) of the first `count` batches: built only, to size a step by its length."""
-    sizes = [int(batches(index)["input_ids"].numel()) for index in range(count)]
-    return max(1, round(sum(sizes) / len(sizes)))
-
-
 # ---- the loop -----------------------------------------------------------------------------------------
 def train(
     model: torch.nn.Module,
@@ -262,12 +192,18 @@ def train(
     description: str = "distill",
     show_progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    replan: Callable[[int, float], int | None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place for `config.steps` optimizer steps; `batches(i)` gives micro-batch i."""
+    """Train `model` in place for `config.steps` optimizer steps; `batches(i)` gives micro-batch i.
+
+    `replan(steps_done, seconds)` is asked once, when warmup ends, for a new length (None: keep it): a plan sized
+    on a probe's step time can re-size itself on the real one. The cosine decay starts at that step, so the LR
+    curve has no jump; only the decay's length changes."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     accelerator = accelerator or make_accelerator(device, config)
     torch.manual_seed(config.seed)
+    config = dataclasses.replace(config)  # a re-plan changes the length of this run only
     if config.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
     model.train()
@@ -277,7 +213,7 @@ def train(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.lr,
     )
-    warmup = max(1, int(config.steps * config.warmup_ratio))
+    warmup = config.warmup_steps or max(1, int(config.steps * config.warmup_ratio))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.steps, warmup))
     model, optimizer = accelerator.prepare(model, optimizer)
     result = TrainResult(steps=config.steps)
@@ -321,7 +257,9 @@ def train(
     done = start_step
     with Progress(*columns, disable=disable, transient=False) as progress:
         task = progress.add_task(description, total=config.steps, completed=start_step, loss=float("nan"), tps=0.0)
-        for step in range(start_step, config.steps):
+        for step in itertools.count(start_step):
+            if step >= config.steps:  # a while loop: a re-plan may move the end
+                break
             step_loss, step_parts = 0.0, {}
             for micro in range(config.grad_accumulation):
                 batch = {
@@ -350,6 +288,11 @@ def train(
             result.parts.append(step_parts)
             done = step + 1
             result.seconds = seconds_before + time.perf_counter() - started
+            if replan is not None and done == warmup:  # every process decides on the slowest one's time
+                slowest = float(accelerator.reduce(torch.tensor(result.seconds, device=accelerator.device), "max"))
+                if (steps := replan(done, slowest)) is not None:
+                    config.steps = result.steps = max(done + 1, steps)
+                    progress.update(task, total=config.steps)
             out_of_time = config.time_limit is not None and result.seconds >= config.time_limit
             if (
                 evaluate

@@ -14,6 +14,7 @@ from compressor.kd.budget import (
     parse_duration,
     parse_tokens,
     plan_training,
+    replanned,
 )
 
 
@@ -144,3 +145,36 @@ def test_a_time_cap_pays_for_the_writing_too(seed):
     assert plan.steps == 1 or spent <= limit + 1e-9
     one_more = (plan.steps + 1) * step + augment.generated(plan.steps + 1) * augment.seconds_per_sequence
     assert plan.reason == "time_budget" and one_more > limit  # and it takes all the time it can
+
+
+def time_capped_plan(**given) -> TrainingPlan:
+    plan = plan_training(tokens_per_step=100, steps_per_epoch=1000, seconds_per_step=1.0, time_budget=200, **given)
+    assert (plan.steps, plan.reason) == (200, "time_budget")
+    return plan
+
+
+def test_a_replan_keeps_the_planned_training_seconds():
+    plan = time_capped_plan()
+    slower = replanned(plan, done=20, seconds=25.0, most_steps=10**6)  # 1.25 s a step, not 1.0
+    assert slower.steps == 160 and slower.steps * slower.seconds_per_step == pytest.approx(200)
+    assert (slower.replanned_at, slower.probe_seconds_per_step, slower.reason) == (20, 1.0, "time_budget")
+    assert "re-planned at step 20 to 160 steps" in slower.describe_replan()
+    faster = replanned(plan, done=20, seconds=16.0, most_steps=230)  # 0.8 s a step: 250 fit, the cap allows 230
+    assert faster.steps == 230
+
+
+def test_a_replan_leaves_user_lengths_close_estimates_and_early_steps_alone():
+    fixed = plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, steps=300)
+    assert replanned(fixed, done=30, seconds=90.0, most_steps=10**6) is None  # steps given: never re-sized
+    plan = time_capped_plan()
+    assert replanned(plan, done=20, seconds=20.8, most_steps=10**6) is None  # within 5 %
+    assert replanned(plan, done=5, seconds=50.0, most_steps=10**6) is None  # too few steps to measure
+    assert plan.describe_replan() is None
+    squeezed = replanned(plan, done=20, seconds=400.0, most_steps=10**6)  # 20 s a step: 10 fit, 20 are done
+    assert squeezed.steps == 21
+
+
+def test_a_replanned_plan_survives_a_restart(tmp_path):
+    new = replanned(time_capped_plan(), done=20, seconds=25.0, most_steps=10**6)
+    new.save(tmp_path)
+    assert TrainingPlan.load(tmp_path) == new

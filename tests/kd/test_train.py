@@ -12,7 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from compressor.kd.train import IndexedBatches, TrainConfig, measure_step_seconds, train, warmup_cosine
+from compressor.kd.step_time import measure_step_seconds
+from compressor.kd.train import IndexedBatches, TrainConfig, train, warmup_cosine
 from tests.helpers import FakeClock
 
 
@@ -178,3 +179,31 @@ def test_the_step_time_is_the_probes_time_per_token_times_the_mean_batch_length(
     assert tokens == round((6 * 10 + 30 * 20 + 30 * 30) / 66) == 24  # the sampled batches' mean, padding included
     assert seconds == pytest.approx(0.001 * tokens)  # the update is free on this clock
     assert model.weight.grad is None  # gradients cleared
+
+
+def test_a_replan_at_the_end_of_warmup_trains_as_that_length_planned_from_the_start(monkeypatch, tmp_path):
+    """Steps take 1 s on this clock; the hook, asked once when warmup ends, shortens 100 steps to 50. The LR
+    curve has no jump (the decay starts there) and the weights equal those of a 50-step run with the same warmup."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+
+    def timed_mse(model, batch, step):
+        clock.now += 1.0
+        return mse(model, batch, step)
+
+    asked = []
+
+    def replan(done, seconds):
+        asked.append((done, seconds))
+        return 50
+
+    model, data = regression_problem()
+    config = TrainConfig(steps=100, lr=0.02)
+    result = train(model, data, timed_mse, config, run_dir=tmp_path, show_progress=False, replan=replan)
+    assert asked == [(10, 10.0)] and result.steps_done == result.steps == 50 and config.steps == 100
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.02 * warmup_cosine(step, 50, 10) for step in range(1, 51)])
+    planned, data = regression_problem()
+    train(planned, data, timed_mse, TrainConfig(steps=50, lr=0.02, warmup_steps=10), show_progress=False)
+    pairs = zip(model.state_dict().values(), planned.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

@@ -250,6 +250,9 @@ def test_the_training_section_says_whose_text_the_student_read_and_which_step_wa
     assert "passes over your data" not in text
     metrics.pop("data_mix")
     assert "4.00 passes over your data" in "\n".join(distill_section(metrics))
+    assert "re-planned" not in text
+    metrics["replan"] = "steps took 0.15 s here, not the 0.12 s the probe measured: re-planned at step 10 to 80 steps"
+    assert "The probe's estimate was off: steps took 0.15 s here" in "\n".join(distill_section(metrics))
 
 
 def test_the_training_section_says_whether_more_training_would_help():

@@ -100,3 +100,36 @@ def test_the_evaluation_is_timed_warm_not_on_its_first_call(monkeypatch):
     seconds = distill.evaluation_seconds(torch.nn.Linear(2, 2), evaluate, CountingState())
     assert seconds == pytest.approx(EVAL_SECONDS_PER_ITEM * distill.eval_count)
     assert len(calls) == 2
+
+
+def replan_after(train: dict, plan, seconds_per_step: float, writes: bool = False, run_dir=None):
+    """What `distill`'s re-plan hook makes of `plan` when its first 20 steps took `seconds_per_step` each."""
+    distill = Distill(DistillConfig(train=dict(batch_size=16, **train)))
+    accelerator = SimpleNamespace(is_main_process=True)
+    hook = distill.replanner(SimpleNamespace(run_dir=run_dir), plan, accelerator, writes)
+    return distill, hook(20, 20 * seconds_per_step)
+
+
+def test_a_replan_may_lengthen_a_run_up_to_the_data_cap_and_the_users_tokens(tmp_path):
+    from compressor.kd.budget import TrainingPlan, plan_training
+
+    plan = plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, time_budget=100)
+    assert (plan.steps, plan.reason) == (100, "time_budget")
+    distill, steps = replan_after({}, plan, 0.5, run_dir=tmp_path)  # twice as fast: 200 steps fit, 20 epochs
+    assert steps == 200 and distill.total_steps == 200 and TrainingPlan.load(tmp_path) == distill.plan_now
+    assert replan_after({"max_epochs": 15}, plan, 0.5)[1] == 150
+    assert replan_after({}, plan, 0.5, writes=True)[1] is None  # 10 epochs: past the 4 reads when the teacher writes
+    assert replan_after({"tokens": 12_000}, plan, 0.5)[1] == 120  # the user's 12k tokens, capped by time: not past
+    assert replan_after({}, plan, 2.0)[1] == 50  # slower: shorter
+
+
+def test_a_replan_never_reads_past_the_teacher_written_pool():
+    from dataclasses import replace
+
+    from compressor.kd.budget import plan_training
+
+    plan = replace(
+        plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, time_budget=100), generated=500
+    )
+    assert replan_after({}, plan, 0.5, writes=True)[1] is None  # the pool holds 100 steps: kept
+    assert replan_after({}, plan, 2.0, writes=True)[1] == 50

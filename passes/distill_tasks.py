@@ -9,7 +9,7 @@ import torch
 from compressor.data import encode_sentences, sentences
 from compressor.errors import UserError
 from compressor.evaluate import embedding_agreement
-from compressor.kd.classifier import NO_LABEL, classifier_kd_loss, classifier_scores, label_ids, mapped_hidden_loss
+from compressor.kd.classifier import NO_LABEL, ValidationScores, classifier_kd_loss, label_ids, mapped_hidden_loss
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.train import IndexedBatches
 from passes.base import PassContext
@@ -45,10 +45,10 @@ class TaskSetups:
         watched = list(corpus.validation)[: (cfg.train.eval_blocks or 64) * 8] if cfg.train.eval_every != 0 else None
         watched_labels = label_ids(corpus.validation_labels, config, corpus.valid_name)
 
+        scores = ValidationScores(teacher, tokenizer, watched or [], watched_labels, cfg.train.seq_len)
+
         def evaluate(model):
-            count = self.eval_count
-            labels = watched_labels[:count] if watched_labels else None
-            return classifier_scores(model, teacher, tokenizer, watched[:count], labels, cfg.train.seq_len)
+            return scores(model, self.eval_count)
 
         def loss_fn(model, batch, step):
             labels = batch.pop("labels")

@@ -76,16 +76,60 @@ def mapped_hidden_loss(
 
 
 @torch.no_grad()
-def predictions(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 32) -> torch.Tensor:
-    """Class ids the model predicts for `texts`."""
+def class_probabilities(
+    model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 32
+) -> torch.Tensor:
+    """The model's class distribution (softmax of its logits, fp32, on the CPU) for each of `texts`."""
     from compressor.data import encoded_batches
 
     device = next(model.parameters()).device
     out = [
-        model(**batch).logits.argmax(-1).cpu()
+        model(**batch).logits.float().softmax(-1).cpu()
         for batch in encoded_batches(tokenizer, list(texts), max_len, batch_size, device)
     ]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return torch.cat(out) if out else torch.empty(0, int(model.config.num_labels))
+
+
+def predictions(model, tokenizer, texts: Sequence[str], max_len: int = 128, batch_size: int = 32) -> torch.Tensor:
+    """Class ids the model predicts for `texts`."""
+    return class_probabilities(model, tokenizer, texts, max_len, batch_size).argmax(-1)
+
+
+def soft_agreement(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> float:
+    """1 − the mean total-variation distance between two models' class distributions: 1 exactly when they are
+    equal, 0 when every pair puts its mass on different classes, symmetric. Unlike the share of equal argmaxes it
+    moves with every change of the student's confidence, so on the 128 sentences of a run's evaluation its noise is
+    far below the 0/1 agreement's (one flipped sentence: 0.8 %)."""
+    return float(1 - 0.5 * (student_probs - teacher_probs).abs().sum(-1).mean())
+
+
+class ValidationScores:
+    """The classifier's score on the validation share during training, for early stopping and the kept checkpoint:
+    soft agreement with the teacher first (the value monitored), then accuracy (with labels) and agreement.
+
+    The monitor used to be accuracy on those 128 sentences: its steps of 0.8 % and a standard error near 3 %
+    stopped the SST-2 student (MiniLM, 3 of 6 layers) at step 561 of 1,010 with its best at step 306 on a curve
+    that was still rising, at 92 % of the teacher's held-out accuracy. The teacher's distributions are computed
+    once (they do not change); each evaluation runs the student only."""
+
+    def __init__(self, teacher, tokenizer, texts: Sequence[str], labels: Sequence[int] | None, max_len: int) -> None:
+        self.teacher, self.tokenizer, self.texts, self.labels, self.max_len = teacher, tokenizer, texts, labels, max_len
+        self.teacher_probs: torch.Tensor | None = None
+
+    def __call__(self, student, count: int) -> dict[str, float]:
+        if self.teacher_probs is None or len(self.teacher_probs) < count:
+            self.teacher_probs = class_probabilities(self.teacher, self.tokenizer, self.texts[:count], self.max_len)
+        teacher_probs = self.teacher_probs[:count]
+        student_probs = class_probabilities(student, self.tokenizer, self.texts[:count], self.max_len)
+        scores = {"soft_agreement": soft_agreement(student_probs, teacher_probs)}
+        student_pred, teacher_pred = student_probs.argmax(-1), teacher_probs.argmax(-1)
+        if self.labels:
+            gold = torch.tensor(self.labels[:count])
+            known = gold >= 0
+            if bool(known.any()):
+                scores["accuracy"] = float((student_pred[known] == gold[known]).float().mean())
+                scores["teacher_accuracy"] = float((teacher_pred[known] == gold[known]).float().mean())
+        return {**scores, "agreement": float((student_pred == teacher_pred).float().mean())}
 
 
 def classifier_scores(

@@ -51,3 +51,44 @@ def test_mapped_hidden_loss_is_zero_for_the_teachers_own_layers():
     mask = torch.ones(2, 5)
     assert float(mapped_hidden_loss(student, teacher, [(0, 1), (1, 3), (2, 5)], mask)) == 0.0
     assert float(mapped_hidden_loss(student, teacher, [(0, 0), (1, 3), (2, 5)], mask)) > 0
+
+
+def test_soft_agreement_is_one_at_equality_zero_when_disjoint_and_symmetric():
+    from compressor.kd.classifier import soft_agreement
+
+    p = torch.softmax(torch.randn(7, 3), -1)
+    q = torch.softmax(torch.randn(7, 3), -1)
+    assert soft_agreement(p, p) == pytest.approx(1.0)
+    assert soft_agreement(p, q) == pytest.approx(soft_agreement(q, p)) and 0 <= soft_agreement(p, q) < 1
+    one_hot = torch.eye(3)
+    assert soft_agreement(one_hot, one_hot.roll(1, dims=0)) == pytest.approx(0.0)
+    expected = 1 - 0.5 * (p[0] - q[0]).abs().sum()  # one pair: 1 − total-variation distance
+    assert soft_agreement(p[:1], q[:1]) == pytest.approx(float(expected))
+
+
+def test_validation_scores_run_the_teacher_once_and_monitor_soft_agreement_first(tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from compressor.kd.classifier import ValidationScores, class_probabilities
+    from tests.helpers import make_tiny_classifier
+
+    path = make_tiny_classifier(tmp_path / "teacher")
+    teacher = BertForSequenceClassification.from_pretrained(path).eval()
+    student = BertForSequenceClassification.from_pretrained(make_tiny_classifier(tmp_path / "student", 1)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    texts = ["a fine film", "dull and long", "it works", "never again", "bright", "grey"]
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    scores = ValidationScores(teacher, tokenizer, texts, [1, 0, 1, 0, NO_LABEL, 1], max_len=16)
+    first, second = scores(student, 4), scores(student, 4)
+    assert first == second and len(calls) == 1  # the teacher's distributions are computed once
+    assert list(first) == ["soft_agreement", "accuracy", "teacher_accuracy", "agreement"]
+    student_probs = class_probabilities(student, tokenizer, texts[:4], 16)
+    teacher_probs = class_probabilities(teacher, tokenizer, texts[:4], 16)
+    assert first["soft_agreement"] == pytest.approx(
+        1 - 0.5 * float((student_probs - teacher_probs).abs().sum(-1).mean())
+    )
+    assert first["accuracy"] == pytest.approx(
+        float((student_probs.argmax(-1) == torch.tensor([1, 0, 1, 0])).float().mean())
+    )
+    assert scores(teacher, 6)["soft_agreement"] == pytest.approx(1.0)  # more items: the teacher runs on all six

@@ -68,11 +68,23 @@ def similarity_correlation(student: torch.Tensor, teacher: torch.Tensor) -> floa
     return float(torch.corrcoef(torch.stack([s, t]))[0, 1])
 
 
-def embedding_agreement(student, teacher, tokenizer, texts: Sequence[str], max_len: int = 128) -> tuple[str, float]:
+def embedding_agreement(
+    student,
+    teacher,
+    tokenizer,
+    texts: Sequence[str],
+    max_len: int = 128,
+    teacher_embeddings: torch.Tensor | None = None,
+) -> tuple[str, float]:
     """(metric, value): the mean cosine of the student's sentence embeddings to the teacher's when both have the
-    same width, else the correlation of their pairwise similarities (`similarity_correlation`)."""
+    same width, else the correlation of their pairwise similarities (`similarity_correlation`). A run that scores
+    the same texts many times passes the teacher's `teacher_embeddings` once computed (they do not change)."""
     s = sentence_embeddings(student, tokenizer, texts, max_len)
-    t = sentence_embeddings(teacher, tokenizer, texts, max_len)
+    t = (
+        teacher_embeddings
+        if teacher_embeddings is not None
+        else sentence_embeddings(teacher, tokenizer, texts, max_len)
+    )
     if s.shape[-1] == t.shape[-1]:
         return "embedding_cosine", float(F.cosine_similarity(s, t, dim=-1).mean())
     return "similarity_correlation", similarity_correlation(s, t)

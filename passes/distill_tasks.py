@@ -8,7 +8,7 @@ import torch
 
 from compressor.data import encode_sentences, sentences
 from compressor.errors import UserError
-from compressor.evaluate import embedding_agreement
+from compressor.evaluate import embedding_agreement, sentence_embeddings
 from compressor.kd.classifier import NO_LABEL, ValidationScores, classifier_kd_loss, label_ids, mapped_hidden_loss
 from compressor.kd.losses import encoder_kd_loss
 from compressor.kd.train import IndexedBatches
@@ -89,9 +89,14 @@ class TaskSetups:
         watched = sentences(corpus.validation) or list(corpus.validation)
         held = watched[: (cfg.train.eval_blocks or 64) * 8] if cfg.train.eval_every != 0 else None
 
+        teacher_embeddings: dict[int, torch.Tensor] = {}  # per evaluation size: the teacher runs once, not each time
+
         def evaluate(model):
             texts = held[: self.eval_count]
-            return dict([embedding_agreement(model, teacher, tokenizer, texts, cfg.train.seq_len)])
+            if len(texts) not in teacher_embeddings:
+                teacher_embeddings[len(texts)] = sentence_embeddings(teacher, tokenizer, texts, cfg.train.seq_len)
+            cached = teacher_embeddings[len(texts)]
+            return dict([embedding_agreement(model, teacher, tokenizer, texts, cfg.train.seq_len, cached)])
 
         def loss_fn(model, batch, step):
             with torch.no_grad():

@@ -121,25 +121,17 @@ class ValidationScores:
             self.teacher_probs = class_probabilities(self.teacher, self.tokenizer, self.texts[:count], self.max_len)
         teacher_probs = self.teacher_probs[:count]
         student_probs = class_probabilities(student, self.tokenizer, self.texts[:count], self.max_len)
-        scores = {"soft_agreement": soft_agreement(student_probs, teacher_probs)}
-        student_pred, teacher_pred = student_probs.argmax(-1), teacher_probs.argmax(-1)
-        if self.labels:
-            gold = torch.tensor(self.labels[:count])
-            known = gold >= 0
-            if bool(known.any()):
-                scores["accuracy"] = float((student_pred[known] == gold[known]).float().mean())
-                scores["teacher_accuracy"] = float((teacher_pred[known] == gold[known]).float().mean())
-        return {**scores, "agreement": float((student_pred == teacher_pred).float().mean())}
+        scores = prediction_scores(
+            student_probs.argmax(-1), teacher_probs.argmax(-1), self.labels[:count] if self.labels else None
+        )
+        return {"soft_agreement": soft_agreement(student_probs, teacher_probs), **scores}
 
 
-def classifier_scores(
-    student, teacher, tokenizer, texts: Sequence[str], labels: Sequence[int] | None, max_len: int = 128
+def prediction_scores(
+    student_pred: torch.Tensor, teacher_pred: torch.Tensor, labels: Sequence[int] | None
 ) -> dict[str, float]:
-    """Agreement with the teacher's predictions; accuracy of both when labels are given (first key: accuracy)."""
-    student_pred, teacher_pred = (
-        predictions(student, tokenizer, texts, max_len),
-        predictions(teacher, tokenizer, texts, max_len),
-    )
+    """Accuracy of both models on the labelled items (first, when any item has a label), then the student's
+    agreement with the teacher's predictions."""
     scores = {"agreement": float((student_pred == teacher_pred).float().mean())}
     if labels is not None:
         gold = torch.tensor(labels)
@@ -151,3 +143,14 @@ def classifier_scores(
                 **scores,
             }
     return scores
+
+
+def classifier_scores(
+    student, teacher, tokenizer, texts: Sequence[str], labels: Sequence[int] | None, max_len: int = 128
+) -> dict[str, float]:
+    """Agreement with the teacher's predictions; accuracy of both when labels are given (first key: accuracy)."""
+    student_pred, teacher_pred = (
+        predictions(student, tokenizer, texts, max_len),
+        predictions(teacher, tokenizer, texts, max_len),
+    )
+    return prediction_scores(student_pred, teacher_pred, labels)

@@ -137,7 +137,7 @@ class TrainingPlanner:
         self.plan_now = plan
 
         def replan(done: int, seconds: float) -> int | None:
-            new = replanned(self.plan_now, done, seconds, most)
+            new = replanned(self.plan_now, done, seconds, most, writing_overrun=self.writing_overrun)
             if new is None:
                 return None
             self.plan_now, self.total_steps = new, new.steps
@@ -149,6 +149,7 @@ class TrainingPlanner:
         return replan
 
     plan_now: TrainingPlan | None = None  # the plan as it stands (a re-plan replaces it)
+    writing_overrun: float = 0.0  # seconds the teacher's writing took past the plan's estimate of it
 
     def lm_batches(self, ctx: PassContext, blocks: torch.Tensor, shard: tuple[int, int]) -> IndexedBatches:
         cfg: DistillConfig = self.config
@@ -169,7 +170,11 @@ class TrainingPlanner:
     def augmented(self, ctx: PassContext, teacher, plan: TrainingPlan, shard: tuple[int, int]) -> IndexedBatches:
         """The run's pool: every data block `max_data_epochs` times plus the sequences the teacher writes, so one
         pass over the pool is the plan (each data block read at most the cap, every written one once)."""
+        started = time.perf_counter()
         written = self.teacher_generated(ctx, teacher, self.real_blocks, plan.generated)
+        if plan.seconds_per_generated:  # the re-plan takes an overrun out of training; a cached pool's saved time
+            # goes back to training, within the pool
+            self.writing_overrun = time.perf_counter() - started - plan.generated * plan.seconds_per_generated
         pool = torch.cat([self.real_blocks.repeat(plan.max_data_epochs, 1), written])
         ctx.metrics["data_mix"] = {
             "data_blocks": len(self.real_blocks),

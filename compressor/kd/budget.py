@@ -74,6 +74,7 @@ class TrainingPlan:
     sequence_tokens: int = 0  # tokens per written sequence
     replanned_at: int | None = None  # the step where the real step time re-sized a time-capped plan
     probe_seconds_per_step: float | None = None  # the probe's step time the plan was first sized on
+    writing_overrun: float | None = None  # seconds the teacher's writing took past its estimate (a re-plan's input)
 
     @property
     def generated_tokens(self) -> int:
@@ -128,9 +129,13 @@ class TrainingPlan:
         """One line on a re-plan (the console's and the report's), or None when the plan kept its length."""
         if self.replanned_at is None or not self.seconds_per_step or not self.probe_seconds_per_step:
             return None
+        writing = ""
+        if self.writing_overrun and abs(self.writing_overrun) >= 1:
+            more = "more" if self.writing_overrun > 0 else "less"
+            writing = f"; the teacher's writing took {human_duration(abs(self.writing_overrun))} {more} than estimated"
         return (
             f"steps took {self.seconds_per_step:.3g} s here, not the {self.probe_seconds_per_step:.3g} s the probe "
-            f"measured: re-planned at step {self.replanned_at:,} to {self.steps:,} steps "
+            f"measured{writing}: re-planned at step {self.replanned_at:,} to {self.steps:,} steps "
             f"({human_count(self.tokens)} tokens) to end within the time cap"
         )
 
@@ -215,7 +220,7 @@ REPLAN_TOLERANCE = 0.05  # a length within 5 % of the plan's is kept: not worth 
 
 
 def replanned(
-    plan: TrainingPlan, done: int, seconds: float, most_steps: int, min_steps: int = 10
+    plan: TrainingPlan, done: int, seconds: float, most_steps: int, min_steps: int = 10, writing_overrun: float = 0.0
 ) -> TrainingPlan | None:
     """`plan` re-sized on the step time measured over its first `done` steps (`seconds` of training, held-out
     evaluations included), or None when it keeps its length.
@@ -225,11 +230,15 @@ def replanned(
     command (the stories260K default: 535 s and 764 s of training for 600 s planned; the long one hit the hard
     stop with its learning rate not yet annealed). The new length keeps the plan's training seconds, at most
     `most_steps` (the data's epoch cap, or the pool of teacher-written text already written) and at least one
-    step more than done. After fewer than `min_steps` steps the measurement is mostly one-off costs: no re-plan."""
+    step more than done. After fewer than `min_steps` steps the measurement is mostly one-off costs: no re-plan.
+
+    `writing_overrun` is the seconds the teacher's writing (done before training, sized by its own probe) took
+    past its estimate: training gives them back, so the run as a whole, not only its training, keeps the cap."""
     if plan.reason not in ("time_budget", "default_time") or not plan.seconds_per_step or done < min_steps:
         return None
     measured = seconds / done
-    steps = min(most_steps, max(done + 1, math.floor(plan.steps * plan.seconds_per_step / measured)))
+    training_seconds = max(0.0, plan.steps * plan.seconds_per_step - writing_overrun)
+    steps = min(most_steps, max(done + 1, math.floor(training_seconds / measured)))
     if abs(steps - plan.steps) <= REPLAN_TOLERANCE * plan.steps:
         return None
     return replace(
@@ -238,6 +247,7 @@ def replanned(
         seconds_per_step=measured,
         replanned_at=done,
         probe_seconds_per_step=plan.probe_seconds_per_step or plan.seconds_per_step,
+        writing_overrun=round(writing_overrun, 1) if writing_overrun else None,
     )
 
 

@@ -163,6 +163,17 @@ def test_a_replan_keeps_the_planned_training_seconds():
     assert faster.steps == 230
 
 
+def test_a_replan_gives_the_writing_overrun_back_from_training():
+    plan = time_capped_plan()  # 200 steps planned at 1.0 s
+    on_time = replanned(plan, done=20, seconds=20.0, most_steps=10**6, writing_overrun=40.0)
+    assert on_time.steps == 160  # the steps ran as probed; the 40 s the writing overran come out of training
+    assert on_time.writing_overrun == 40.0 and "writing took 40 s more than estimated" in on_time.describe_replan()
+    # 1.25 s a step alone would cut the plan to 160 steps; a cached pool saved the 100 s of writing, which pays
+    # for the slower steps up to the pool's 200: the plan keeps its length
+    assert replanned(plan, done=20, seconds=25.0, most_steps=200, writing_overrun=-100.0) is None
+    assert replanned(plan, done=20, seconds=20.0, most_steps=10**6, writing_overrun=5.0) is None  # within 5 %
+
+
 def test_a_replan_leaves_user_lengths_close_estimates_and_early_steps_alone():
     fixed = plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, steps=300)
     assert replanned(fixed, done=30, seconds=90.0, most_steps=10**6) is None  # steps given: never re-sized

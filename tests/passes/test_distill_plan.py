@@ -133,3 +133,31 @@ def test_a_replan_never_reads_past_the_teacher_written_pool():
     )
     assert replan_after({}, plan, 0.5, writes=True)[1] is None  # the pool holds 100 steps: kept
     assert replan_after({}, plan, 2.0, writes=True)[1] == 50
+
+
+def test_the_teachers_writing_overrun_comes_out_of_training(monkeypatch):
+    from dataclasses import replace
+
+    from compressor.kd.budget import plan_training
+
+    clock = FakeClock()
+    monkeypatch.setattr(distill_plan, "time", SimpleNamespace(perf_counter=clock))
+    plan = replace(
+        plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, time_budget=100),
+        generated=5,
+        max_data_epochs=4,
+        seconds_per_generated=2.0,  # 10 s of writing planned
+    )
+    distill = Distill(DistillConfig(train=dict(batch_size=4)))
+    distill.real_blocks = torch.zeros(3, 8, dtype=torch.long)
+
+    def teacher_generated(ctx, teacher, blocks, sequences):
+        clock.now += 25.0  # the writing took 15 s more than planned
+        return torch.ones(sequences, 8, dtype=torch.long)
+
+    distill.teacher_generated = teacher_generated
+    data = distill.augmented(SimpleNamespace(metrics={}, seed=0), None, plan, (0, 1))
+    assert data.n_items == 3 * 4 + 5 and distill.writing_overrun == pytest.approx(15.0)
+    hook = distill.replanner(SimpleNamespace(run_dir=None), plan, SimpleNamespace(is_main_process=True), True)
+    assert hook(20, 20.0) == 85  # steps ran as probed: 100 s of training less the 15 s overrun
+    assert "writing took 15 s more than estimated" in distill.plan_now.describe_replan()

@@ -181,6 +181,24 @@ def test_the_step_time_is_the_probes_time_per_token_times_the_mean_batch_length(
     assert model.weight.grad is None  # gradients cleared
 
 
+def test_the_step_time_is_the_median_probe_not_a_lucky_or_unlucky_one(monkeypatch):
+    """Probe timings on a busy 2-core machine: a slow first call, then mostly 1 ms a token with a few calls 30 %
+    fast and a few 1.8× slow. Neither tail moves the estimate."""
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    model = torch.nn.Linear(4, 4)
+    per_token = iter([0.005] + [0.001, 0.0007, 0.001, 0.0018, 0.001, 0.0007] * 4)
+
+    def loss_fn(m, batch, step):
+        clock.now += next(per_token) * batch["input_ids"].numel()
+        return m(torch.ones(1, 4)).sum(), {}
+
+    batches = lambda index: {"input_ids": torch.zeros(2, 5, dtype=torch.long)}  # noqa: E731
+    accelerator = SimpleNamespace(device=torch.device("cpu"), autocast=nullcontext)
+    seconds, tokens = measure_step_seconds(model, batches, loss_fn, accelerator, probes=19)
+    assert tokens == 10 and seconds == pytest.approx(0.001 * 10)  # the lower quartile would have said 0.007
+
+
 def test_a_replan_at_the_end_of_warmup_trains_as_that_length_planned_from_the_start(monkeypatch, tmp_path):
     """Steps take 1 s on this clock; the hook, asked once when warmup ends, shortens 100 steps to 50. The LR
     curve has no jump (the decay starts there) and the weights equal those of a 50-step run with the same warmup."""

@@ -136,10 +136,18 @@ class TrainingPlanner:
             most = min(most, given) if given else most  # a time cap shortened the user's length: never past it
         self.plan_now = plan
 
+        pool = self.pool if plan.generated else None  # an augmented run's batches: a shorter plan trims them
+
         def replan(done: int, seconds: float) -> int | None:
-            new = replanned(self.plan_now, done, seconds, most, writing_overrun=self.writing_overrun)
+            data_items = len(self.real_blocks) if pool is not None else 0
+            new = replanned(
+                self.plan_now, done, seconds, most, writing_overrun=self.writing_overrun, data_items=data_items
+            )
             if new is None:
                 return None
+            if pool is not None and new.generated != self.plan_now.generated:
+                blocks = self.pool_blocks(ctx, new)
+                pool.reset(len(blocks), block_batch(blocks))
             self.plan_now, self.total_steps = new, new.steps
             if ctx.run_dir is not None and accelerator.is_main_process:
                 new.save(ctx.run_dir)
@@ -154,11 +162,7 @@ class TrainingPlanner:
     def lm_batches(self, ctx: PassContext, blocks: torch.Tensor, shard: tuple[int, int]) -> IndexedBatches:
         cfg: DistillConfig = self.config
         return IndexedBatches(
-            len(blocks),
-            min(cfg.train.batch_size, len(blocks) // shard[1]),
-            ctx.seed,
-            lambda index: {"input_ids": blocks[index], "block_index": index},
-            *shard,
+            len(blocks), min(cfg.train.batch_size, len(blocks) // shard[1]), ctx.seed, block_batch(blocks), *shard
         )
 
     def augments(self, ir: ModelIR) -> bool:
@@ -169,17 +173,32 @@ class TrainingPlanner:
 
     def augmented(self, ctx: PassContext, teacher, plan: TrainingPlan, shard: tuple[int, int]) -> IndexedBatches:
         """The run's pool: every data block `max_data_epochs` times plus the sequences the teacher writes, so one
-        pass over the pool is the plan (each data block read at most the cap, every written one once)."""
+        pass over the pool is the plan (each data block read at most the cap, every written one once). A resumed
+        re-planned run reads the trimmed pool its plan names (`generated` of the `written` sequences)."""
         started = time.perf_counter()
-        written = self.teacher_generated(ctx, teacher, self.real_blocks, plan.generated)
-        if plan.seconds_per_generated:  # the re-plan takes an overrun out of training; a cached pool's saved time
-            # goes back to training, within the pool
+        self.written_blocks = self.teacher_generated(ctx, teacher, self.real_blocks, plan.written or plan.generated)
+        if plan.seconds_per_generated and plan.written is None:  # the re-plan takes an overrun out of training; a
+            # cached pool's saved time goes back to training, within the pool
             self.writing_overrun = time.perf_counter() - started - plan.generated * plan.seconds_per_generated
-        pool = torch.cat([self.real_blocks.repeat(plan.max_data_epochs, 1), written])
+        self.pool = self.lm_batches(ctx, self.pool_blocks(ctx, plan), shard)
+        return self.pool
+
+    def pool_blocks(self, ctx: PassContext, plan: TrainingPlan) -> torch.Tensor:
+        """The data read `max_data_epochs` times plus the first `plan.generated` written sequences."""
+        written = self.written_blocks[: plan.generated]
         ctx.metrics["data_mix"] = {
             "data_blocks": len(self.real_blocks),
             "data_reads": plan.max_data_epochs,
             "teacher_blocks": len(written),
             "teacher_tokens": int(written.numel()),
+            **({"teacher_blocks_written": plan.written} if plan.written else {}),
         }
-        return self.lm_batches(ctx, pool, shard)
+        return torch.cat([self.real_blocks.repeat(plan.max_data_epochs, 1), written])
+
+    pool: IndexedBatches | None = None  # an augmented run's batches (a re-plan may trim the pool they read)
+    written_blocks: torch.Tensor | None = None
+
+
+def block_batch(blocks: torch.Tensor) -> Callable[[torch.Tensor], dict]:
+    """A batch of LM blocks by index (`block_index` finds a block's cached teacher targets)."""
+    return lambda index: {"input_ids": blocks[index], "block_index": index}

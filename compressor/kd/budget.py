@@ -75,6 +75,7 @@ class TrainingPlan:
     replanned_at: int | None = None  # the step where the real step time re-sized a time-capped plan
     probe_seconds_per_step: float | None = None  # the probe's step time the plan was first sized on
     writing_overrun: float | None = None  # seconds the teacher's writing took past its estimate (a re-plan's input)
+    written: int | None = None  # sequences the teacher wrote, when a re-plan trains on fewer (`generated`)
 
     @property
     def generated_tokens(self) -> int:
@@ -98,7 +99,8 @@ class TrainingPlan:
     def estimated_seconds(self) -> float | None:
         if not self.seconds_per_step:
             return None
-        return self.steps * self.seconds_per_step + self.generated * (self.seconds_per_generated or 0.0)
+        writing = (self.written or self.generated) * (self.seconds_per_generated or 0.0)
+        return self.steps * self.seconds_per_step + writing
 
     def as_dict(self) -> dict:
         return {
@@ -133,11 +135,17 @@ class TrainingPlan:
         if self.writing_overrun and abs(self.writing_overrun) >= 1:
             more = "more" if self.writing_overrun > 0 else "less"
             writing = f"; the teacher's writing took {human_duration(abs(self.writing_overrun))} {more} than estimated"
-        return (
+        line = (
             f"steps took {self.seconds_per_step:.3g} s here, not the {self.probe_seconds_per_step:.3g} s the probe "
             f"measured{writing}: re-planned at step {self.replanned_at:,} to {self.steps:,} steps "
             f"({human_count(self.tokens)} tokens) to end within the time cap"
         )
+        if self.written and self.generated < self.written:
+            line += (
+                f"; it trains on {self.generated:,} of the {self.written:,} sequences the teacher wrote, so the data "
+                f"is still read {self.max_data_epochs:g} times"
+            )
+        return line
 
     def save(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +228,13 @@ REPLAN_TOLERANCE = 0.05  # a length within 5 % of the plan's is kept: not worth 
 
 
 def replanned(
-    plan: TrainingPlan, done: int, seconds: float, most_steps: int, min_steps: int = 10, writing_overrun: float = 0.0
+    plan: TrainingPlan,
+    done: int,
+    seconds: float,
+    most_steps: int,
+    min_steps: int = 10,
+    writing_overrun: float = 0.0,
+    data_items: int = 0,
 ) -> TrainingPlan | None:
     """`plan` re-sized on the step time measured over its first `done` steps (`seconds` of training, held-out
     evaluations included), or None when it keeps its length.
@@ -233,7 +247,12 @@ def replanned(
     step more than done. After fewer than `min_steps` steps the measurement is mostly one-off costs: no re-plan.
 
     `writing_overrun` is the seconds the teacher's writing (done before training, sized by its own probe) took
-    past its estimate: training gives them back, so the run as a whole, not only its training, keeps the cap."""
+    past its estimate: training gives them back, so the run as a whole, not only its training, keeps the cap.
+
+    A shorter augmented plan trains on fewer of the written sequences, so the data (`data_items` sequences)
+    keeps its `max_data_epochs` reads: left in the full pool, the data's share fell with the length (the
+    stories260K default, cut from 3,572 to 1,262 steps, read its data 1.4 times instead of 4, and ended at 1.32×
+    the teacher's perplexity where an unshortened 1,952-step plan reached 1.24×)."""
     if plan.reason not in ("time_budget", "default_time") or not plan.seconds_per_step or done < min_steps:
         return None
     measured = seconds / done
@@ -248,7 +267,17 @@ def replanned(
         replanned_at=done,
         probe_seconds_per_step=plan.probe_seconds_per_step or plan.seconds_per_step,
         writing_overrun=round(writing_overrun, 1) if writing_overrun else None,
+        **(trimmed_pool(plan, steps, data_items) if plan.generated and plan.sequence_tokens and data_items else {}),
     )
+
+
+def trimmed_pool(plan: TrainingPlan, steps: int, data_items: int) -> dict:
+    """The written sequences a re-planned augmented run of `steps` steps trains on: what is left once the data is
+    read its `max_data_epochs` times, never more than were written."""
+    written = plan.written or plan.generated
+    items_per_step = plan.tokens_per_step // plan.sequence_tokens
+    used = max(0, steps * items_per_step - data_items * int(plan.max_data_epochs or 0))
+    return {"generated": min(written, used), "written": written}
 
 
 @dataclass(frozen=True)

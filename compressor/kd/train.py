@@ -115,12 +115,17 @@ class IndexedBatches:
         rank: int = 0,
         world: int = 1,
     ) -> None:
-        global_batch = batch_size * world
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.reset(n_items, make_batch)
+
+    def reset(self, n_items: int, make_batch: Callable[[torch.Tensor], dict]) -> None:
+        """Read another pool from the next batch on (a re-planned run's trimmed pool); batch i stays a pure
+        function of (seed, i, pool)."""
+        global_batch = self.batch_size * self.world
         if n_items < global_batch:
             raise ValueError(f"{n_items} items are fewer than one global batch of {global_batch}")
         self.usable = (n_items // global_batch) * global_batch
-        self.n_items, self.batch_size, self.seed, self.rank, self.world = n_items, batch_size, seed, rank, world
-        self.make_batch = make_batch
+        self.n_items, self.make_batch = n_items, make_batch
         self._permutation: tuple[int, torch.Tensor] | None = None
 
     def permutation(self, epoch: int) -> torch.Tensor:

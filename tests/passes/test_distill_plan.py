@@ -147,6 +147,7 @@ def test_the_teachers_writing_overrun_comes_out_of_training(monkeypatch):
         generated=5,
         max_data_epochs=4,
         seconds_per_generated=2.0,  # 10 s of writing planned
+        sequence_tokens=25,  # 4 sequences a step
     )
     distill = Distill(DistillConfig(train=dict(batch_size=4)))
     distill.real_blocks = torch.zeros(3, 8, dtype=torch.long)
@@ -161,3 +162,38 @@ def test_the_teachers_writing_overrun_comes_out_of_training(monkeypatch):
     hook = distill.replanner(SimpleNamespace(run_dir=None), plan, SimpleNamespace(is_main_process=True), True)
     assert hook(20, 20.0) == 85  # steps ran as probed: 100 s of training less the 15 s overrun
     assert "writing took 15 s more than estimated" in distill.plan_now.describe_replan()
+
+
+def test_a_shorter_augmented_plan_trains_on_fewer_written_sequences_and_keeps_the_datas_reads(tmp_path):
+    """100 planned steps of 4 sequences: 3 data blocks read 4 times (12) plus 388 written ones. Steps twice as slow:
+    50 steps, 200 sequences, so 188 of the written ones; the data is still read 4 times, not 200 × 12/400 = 6."""
+    from dataclasses import replace
+
+    from compressor.kd.budget import TrainingPlan, plan_training
+
+    plan = replace(
+        plan_training(tokens_per_step=100, steps_per_epoch=10, seconds_per_step=1.0, time_budget=100),
+        generated=388,
+        max_data_epochs=4,
+        sequence_tokens=25,
+    )
+    distill = Distill(DistillConfig(train=dict(batch_size=4)))
+    distill.real_blocks = torch.zeros(3, 8, dtype=torch.long)
+    distill.teacher_generated = lambda ctx, teacher, blocks, sequences: torch.ones(sequences, 8, dtype=torch.long)
+    ctx = SimpleNamespace(metrics={}, seed=0, run_dir=tmp_path)
+    pool = distill.augmented(ctx, None, plan, (0, 1))
+    assert pool.n_items == 400
+    hook = distill.replanner(ctx, plan, SimpleNamespace(is_main_process=True), True)
+    assert hook(20, 40.0) == 50
+    assert (distill.plan_now.generated, distill.plan_now.written, pool.n_items) == (188, 388, 200)
+    assert ctx.metrics["data_mix"]["teacher_blocks"] == 188 and ctx.metrics["data_mix"]["data_reads"] == 4
+    data_rows = sum(int((pool(i)["input_ids"].sum(dim=1) == 0).sum()) for i in range(50))  # one pass of the pool
+    assert data_rows == 12  # each of the 3 data blocks 4 times
+    assert "trains on 188 of the 388 sequences the teacher wrote" in distill.plan_now.describe_replan()
+    resumed = Distill(DistillConfig(train=dict(batch_size=4)))  # a restart reads the stored, trimmed plan
+    resumed.real_blocks = distill.real_blocks
+    asked = []
+    resumed.teacher_generated = lambda ctx, teacher, blocks, n: asked.append(n) or torch.ones(n, 8, dtype=torch.long)
+    again = resumed.augmented(ctx, None, TrainingPlan.load(tmp_path), (0, 1))
+    assert asked == [388] and again.n_items == 200  # the cached 388 are opened, 188 of them read
+    assert all(torch.equal(again(i)["input_ids"], pool(i)["input_ids"]) for i in range(60))
